@@ -1,0 +1,38 @@
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <spdlog/common.h>
+
+#include "relay/config.hpp"
+
+namespace stsrelay::relay {
+
+// Logging: spdlog on stderr, one line per event. In text format an event is
+//   2026-12-04T17:40:33.123Z info queued queue_id=0ABC client=127.0.0.1 sender=<a@b.example>
+// (values with spaces, quotes or '=' are double-quoted with \" and \\ escapes);
+// in JSON format it is one object per line:
+//   {"time":"2026-12-04T17:40:33.123Z","level":"info","event":"queued","queue_id":"0ABC",...}
+void setup_logging(const LogConfig& config);
+void set_log_level(LogLevel level);
+
+using FieldValue =
+    std::variant<std::string_view, std::int64_t, std::uint64_t, bool, std::vector<std::string>>;
+
+struct Field {
+  std::string_view key;
+  FieldValue value;
+};
+
+// Renders the fields of one event for the configured format (exposed for tests).
+std::string format_event(LogFormat format, std::string_view event, std::initializer_list<Field> fields);
+
+void log_event(spdlog::level::level_enum level, std::string_view event,
+               std::initializer_list<Field> fields);
+
+}  // namespace stsrelay::relay
