@@ -1,0 +1,73 @@
+#include "relay/queue_sink.hpp"
+
+#include <memory>
+
+#include <asio/async_result.hpp>
+#include <asio/post.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "relay/event_log.hpp"
+
+namespace stsrelay::relay {
+
+asio::awaitable<queue::Result<void>> submit_and_wait(queue::GroupCommitWriter& writer,
+                                                     queue::NewMessage message) {
+  auto executor = co_await asio::this_coro::executor;
+  auto initiate = [&writer, executor](auto handler, queue::NewMessage message) {
+    auto shared_handler = std::make_shared<decltype(handler)>(std::move(handler));
+    writer.submit(std::move(message), [shared_handler, executor](queue::Result<void> result) {
+      asio::post(executor, [shared_handler, result = std::move(result)]() mutable {
+        (*shared_handler)(std::move(result));
+      });
+    });
+  };
+  auto result =
+      co_await asio::async_initiate<decltype(asio::use_awaitable), void(queue::Result<void>)>(
+          initiate, asio::use_awaitable, std::move(message));
+  co_return result;
+}
+
+asio::awaitable<tl::expected<void, std::string>> QueueSink::store(smtp::ReceivedMessage message) {
+  queue::NewMessage entry;
+  entry.id = message.id;
+  entry.arrival = std::chrono::system_clock::now();
+  entry.sender = message.sender;
+  entry.recipients = message.recipients;
+  entry.client_address = message.client_address;
+  entry.helo = message.helo;
+  entry.eight_bit_mime = message.body == smtp::BodyType::eight_bit_mime;
+  entry.smtputf8 = message.smtputf8;
+  entry.content = std::move(message.content);
+  const std::uint64_t size = entry.content.size();
+
+  auto committed = co_await submit_and_wait(writer_, std::move(entry));
+  std::vector<std::string> recipients;
+  recipients.reserve(message.recipients.size());
+  for (const auto& recipient : message.recipients) {
+    recipients.push_back("<" + recipient + ">");
+  }
+  const std::string sender = "<" + message.sender + ">";
+  if (!committed) {
+    log_event(spdlog::level::err, "queue_failed",
+              {{"queue_id", std::string_view(message.id)},
+               {"client", std::string_view(message.client_address)},
+               {"sender", std::string_view(sender)},
+               {"recipients", recipients},
+               {"size", size},
+               {"error", std::string_view(committed.error())}});
+    co_return tl::unexpected(std::string("Error: queue file write error"));
+  }
+  // The queue id is also the id the client saw: "250 2.0.0 Ok: queued as <id>".
+  log_event(spdlog::level::info, "queued",
+            {{"queue_id", std::string_view(message.id)},
+             {"client", std::string_view(message.client_address)},
+             {"helo", std::string_view(message.helo)},
+             {"sender", std::string_view(sender)},
+             {"recipients", recipients},
+             {"size", size},
+             {"tls", message.over_tls}});
+  co_return tl::expected<void, std::string>{};
+}
+
+}  // namespace stsrelay::relay
