@@ -30,7 +30,9 @@ class GroupCommitWriter {
   GroupCommitWriter& operator=(const GroupCommitWriter&) = delete;
 
   void submit(NewMessage message, Completion done);
-  // Commits what is pending, then stops the thread; later submissions fail.
+  // Commits what is pending, then stops the thread; later submissions fail
+  // at once (their completion runs on the caller's thread). Joins the writer
+  // thread, so it must not be called from a completion.
   void stop();
   Stats stats() const;
 

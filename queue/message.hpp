@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace stsrelay::queue {
@@ -44,6 +45,26 @@ struct MessageRecord {
   TimePoint arrival;
   bool held = false;
   std::vector<RecipientRecord> recipients;
+  // The rest of the envelope, after the fields above so that existing
+  // aggregate initializations keep their meaning.
+  std::string client_address;
+  std::string helo;
+  bool eight_bit_mime = false;
+  bool smtputf8 = false;
+};
+
+// A recipient whose next attempt is due, with what the delivery engine needs
+// of its message's envelope (the content is fetched with Store::content).
+struct DueRecipient {
+  std::string message_id;
+  std::string address;
+  RecipientStatus status = RecipientStatus::queued;
+  unsigned attempts = 0;
+  TimePoint next_attempt;
+  TimePoint arrival;
+  std::string sender;
+  bool eight_bit_mime = false;
+  bool smtputf8 = false;
 };
 
 }  // namespace stsrelay::queue

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -33,7 +34,9 @@ class Store {
   ~Store();
 
   // Commits all the messages in one transaction; when this returns success
-  // they are durable.
+  // they are durable. Every recipient starts queued, due at the arrival time.
+  // All or nothing: if one message fails (an id already in the queue, no
+  // recipients), none is inserted and the error names that message.
   Result<void> insert(std::span<const NewMessage> messages);
 
   Result<std::vector<MessageRecord>> list();
@@ -45,6 +48,24 @@ class Store {
 
   // The greatest id in the queue, to keep ids increasing across restarts.
   Result<std::optional<std::string>> last_id();
+
+  // Recipients of messages not on hold, queued or deferred, whose next
+  // attempt is at or before now: the earliest first, at most limit of them.
+  Result<std::vector<DueRecipient>> due_recipients(TimePoint now, std::size_t limit);
+
+  // Records the outcome of one delivery attempt to every recipient of message
+  // id with that address: counts the attempt and sets status, last_error and
+  // next_attempt (required for queued and deferred, ignored for sent and
+  // bounced). Once no recipient of the message is left queued or deferred,
+  // the message is removed in the same transaction, so anything that needs it
+  // (a bounce to the sender) must be queued first. Returns false when there
+  // is no such recipient (the message was deleted meanwhile).
+  Result<bool> record_attempt(std::string_view id, std::string_view address, RecipientStatus status,
+                              std::string_view last_error, std::optional<TimePoint> next_attempt);
+
+  // The version of the schema this build creates and reads; PRAGMA
+  // user_version of the database holds it.
+  static constexpr int schema_version = 1;
 
   std::filesystem::path database_path() const;
 

@@ -1,0 +1,251 @@
+#include "queue/group_commit_writer.hpp"
+
+#include <atomic>
+#include <future>
+#include <latch>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tests/queue/fixtures.hpp"
+
+namespace stsrelay::queue {
+namespace {
+
+using test_support::make_message;
+using test_support::TempDirectory;
+
+Store open_store(const std::filesystem::path& directory) {
+  auto store = Store::open(directory);
+  if (!store) {
+    throw std::runtime_error(store.error());
+  }
+  return std::move(*store);
+}
+
+// Holds the writer thread inside a completion until released, so that the
+// test knows which submissions are pending together. Released on destruction
+// too, so a failing test cannot hang.
+class Gate {
+ public:
+  ~Gate() { open(); }
+  void wait() { opened_.wait(); }
+  void open() {
+    if (!is_open_.exchange(true)) {
+      promise_.set_value();
+    }
+  }
+
+ private:
+  std::promise<void> promise_;
+  std::shared_future<void> opened_ = promise_.get_future().share();
+  std::atomic<bool> is_open_{false};
+};
+
+struct Outcome {
+  int calls = 0;
+  bool ok = false;
+  bool visible = false;  // committed: another connection saw it in the completion
+  std::string error;
+};
+
+TEST(GroupCommitWriter, EveryCompletionRunsOnceAfterItsCommit) {
+  TempDirectory temp;
+  Store observer = open_store(temp.path());  // only used on the writer thread until stop()
+  GroupCommitWriter writer(open_store(temp.path()));
+
+  constexpr int threads = 8;
+  constexpr int per_thread = 50;
+  std::mutex mutex;
+  std::map<std::string, Outcome> outcomes;
+  std::latch all_done(threads * per_thread);
+
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < threads; ++t) {
+    submitters.emplace_back([&, t] {
+      for (int i = 0; i < per_thread; ++i) {
+        std::string id = "T" + std::to_string(t) + "-" + std::to_string(1000 + i);
+        writer.submit(make_message(id), [&, id](Result<void> result) {
+          const auto content = observer.content(id);
+          std::lock_guard lock(mutex);
+          Outcome& outcome = outcomes[id];
+          ++outcome.calls;
+          outcome.ok = result.has_value();
+          outcome.visible = content && content->has_value();
+          all_done.count_down();
+        });
+      }
+    });
+  }
+  for (auto& submitter : submitters) {
+    submitter.join();
+  }
+  all_done.wait();
+
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(outcomes.size(), static_cast<std::size_t>(threads * per_thread));
+  for (const auto& [id, outcome] : outcomes) {
+    EXPECT_EQ(outcome.calls, 1) << id;
+    EXPECT_TRUE(outcome.ok) << id;
+    EXPECT_TRUE(outcome.visible) << id;
+  }
+  EXPECT_EQ(writer.stats().messages, static_cast<std::uint64_t>(threads * per_thread));
+  EXPECT_GE(writer.stats().commits, 1u);
+}
+
+TEST(GroupCommitWriter, SubmissionsDuringACommitShareTheNextOne) {
+  TempDirectory temp;
+  constexpr std::size_t max_batch = 64;
+  GroupCommitWriter writer(open_store(temp.path()), max_batch);
+  Gate gate;
+  constexpr int threads = 4;
+  constexpr int per_thread = 50;
+  constexpr int messages = 1 + threads * per_thread;
+  std::latch all_done(messages);
+  std::atomic<int> failures{0};
+  auto done = [&](Result<void> result) {
+    failures += result ? 0 : 1;
+    all_done.count_down();
+  };
+
+  // The first commit's completion holds the writer until all the others are
+  // pending, as if that commit were slow.
+  writer.submit(make_message("A"), [&](Result<void> result) {
+    gate.wait();
+    done(std::move(result));
+  });
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < threads; ++t) {
+    submitters.emplace_back([&, t] {
+      for (int i = 0; i < per_thread; ++i) {
+        writer.submit(make_message("B" + std::to_string(t * 1000 + i)), done);
+      }
+    });
+  }
+  for (auto& submitter : submitters) {
+    submitter.join();
+  }
+  gate.open();
+  all_done.wait();
+
+  EXPECT_EQ(failures.load(), 0);
+  const auto stats = writer.stats();
+  EXPECT_EQ(stats.messages, static_cast<std::uint64_t>(messages));
+  // The first commit (A, maybe with a few others), then full batches.
+  EXPECT_LE(stats.commits, 1u + (messages - 1 + max_batch - 1) / max_batch);
+}
+
+TEST(GroupCommitWriter, StopCommitsEverythingPending) {
+  TempDirectory temp;
+  std::vector<std::string> ids;
+  std::atomic<int> succeeded{0};
+  std::atomic<int> calls{0};
+  {
+    GroupCommitWriter writer(open_store(temp.path()));
+    Gate gate;
+    auto done = [&](Result<void> result) {
+      ++calls;
+      succeeded += result ? 1 : 0;
+    };
+    writer.submit(make_message("A"), [&](Result<void> result) {
+      gate.wait();
+      done(std::move(result));
+    });
+    for (int i = 0; i < 50; ++i) {
+      ids.push_back("B" + std::to_string(100 + i));
+      writer.submit(make_message(ids.back()), done);
+    }
+    gate.open();
+    writer.stop();
+    EXPECT_EQ(calls.load(), 51);
+    EXPECT_EQ(succeeded.load(), 51);
+    writer.stop();  // idempotent
+  }
+  Store store = open_store(temp.path());
+  auto records = store.list();
+  ASSERT_TRUE(records);
+  EXPECT_EQ(records->size(), 51u);
+}
+
+TEST(GroupCommitWriter, TheDestructorStopsAndDrains) {
+  TempDirectory temp;
+  std::atomic<int> succeeded{0};
+  {
+    GroupCommitWriter writer(open_store(temp.path()));
+    for (int i = 0; i < 20; ++i) {
+      writer.submit(make_message("M" + std::to_string(100 + i)),
+                    [&](Result<void> result) { succeeded += result ? 1 : 0; });
+    }
+  }
+  EXPECT_EQ(succeeded.load(), 20);
+  Store store = open_store(temp.path());
+  EXPECT_EQ(store.list()->size(), 20u);
+}
+
+TEST(GroupCommitWriter, SubmitAfterStopFailsAtOnce) {
+  TempDirectory temp;
+  GroupCommitWriter writer(open_store(temp.path()));
+  writer.stop();
+  std::optional<Result<void>> outcome;
+  writer.submit(make_message("LATE"), [&](Result<void> result) { outcome = std::move(result); });
+  ASSERT_TRUE(outcome.has_value());
+  ASSERT_FALSE(outcome->has_value());
+  EXPECT_NE(outcome->error().find("stopped"), std::string::npos) << outcome->error();
+  EXPECT_NE(outcome->error().find("LATE"), std::string::npos) << outcome->error();
+  Store store = open_store(temp.path());
+  EXPECT_TRUE(store.list()->empty());
+}
+
+TEST(GroupCommitWriter, ABadMessageFailsAloneInItsBatch) {
+  TempDirectory temp;
+  GroupCommitWriter writer(open_store(temp.path()));
+  Gate gate;
+  std::mutex mutex;
+  std::map<std::string, std::vector<bool>> outcomes;  // per submission, by its label
+  std::latch all_done(7);
+  auto record = [&](std::string label) {
+    return [&, label](Result<void> result) {
+      {
+        std::lock_guard lock(mutex);
+        outcomes[label].push_back(result.has_value());
+      }
+      all_done.count_down();
+    };
+  };
+
+  writer.submit(make_message("X"), [&, done = record("X")](Result<void> result) {
+    gate.wait();
+    done(std::move(result));
+  });
+  // All of these are pending together, so they are tried as one batch.
+  writer.submit(make_message("M1"), record("M1"));
+  writer.submit(make_message("X"), record("X again"));
+  writer.submit(make_message("M2"), record("M2"));
+  writer.submit(make_message("M3", {}), record("M3 without recipients"));
+  writer.submit(make_message("M4"), record("M4"));
+  writer.submit(make_message("M4"), record("M4 again"));
+  gate.open();
+  all_done.wait();
+
+  std::lock_guard lock(mutex);
+  const std::map<std::string, std::vector<bool>> expected{
+      {"X", {true}},         {"M1", {true}}, {"X again", {false}},
+      {"M2", {true}},        {"M4", {true}}, {"M3 without recipients", {false}},
+      {"M4 again", {false}},
+  };
+  EXPECT_EQ(outcomes, expected);
+  writer.stop();
+  Store store = open_store(temp.path());
+  auto records = store.list();
+  ASSERT_TRUE(records);
+  EXPECT_EQ(records->size(), 4u);  // X, M1, M2, M4
+  EXPECT_EQ(writer.stats().messages, 4u);
+}
+
+}  // namespace
+}  // namespace stsrelay::queue
