@@ -69,7 +69,7 @@ struct LogConfig {
 };
 
 struct Config {
-  std::string hostname;  // default: the host's FQDN, filled in by load_config
+  std::string hostname;  // default: the host's FQDN (default_hostname()), filled in by parse_config
   ListenConfig listen;
   QueueConfig queue;
   DeliveryConfig delivery;
@@ -95,6 +95,15 @@ tl::expected<Config, ConfigError> parse_config(std::string_view toml_text);
 // else the defaults. An explicitly given file that is missing is an error.
 tl::expected<Config, ConfigError> load_config(const std::filesystem::path& file);
 inline constexpr const char* default_config_file = "/etc/stsrelay/stsrelay.toml";
+
+// The file load_config reads for FILE: FILE itself when given, else
+// default_config_file if it exists, else empty (built-in defaults).
+std::filesystem::path effective_config_file(const std::filesystem::path& file);
+
+// The host's FQDN (getaddrinfo's canonical name of gethostname), else the bare
+// host name, else "localhost"; computed once. parse_config fills it in when
+// the file sets no hostname.
+const std::string& default_hostname();
 
 // The effective configuration as TOML that parse_config reads back unchanged.
 std::string to_toml(const Config& config);

@@ -15,10 +15,16 @@ namespace stsrelay::relay {
 
 // Logging: spdlog on stderr, one line per event. In text format an event is
 //   2026-12-04T17:40:33.123Z info queued queue_id=0ABC client=127.0.0.1 sender=<a@b.example>
-// (values with spaces, quotes or '=' are double-quoted with \" and \\ escapes);
+// (values that are empty or hold spaces, quotes, '=', backslashes, control
+// characters or invalid UTF-8 are double-quoted with C-style escapes: a value
+// never splits a line);
 // in JSON format it is one object per line:
 //   {"time":"2026-12-04T17:40:33.123Z","level":"info","event":"queued","queue_id":"0ABC",...}
 void setup_logging(const LogConfig& config);
+// The same, into SINK instead of stderr (tests). Free text logged with
+// spdlog::info() and friends gets the same timestamp and level, and in JSON
+// format becomes {"time":...,"level":...,"message":"..."}.
+void setup_logging(const LogConfig& config, spdlog::sink_ptr sink);
 void set_log_level(LogLevel level);
 
 using FieldValue =
@@ -30,7 +36,8 @@ struct Field {
 };
 
 // Renders the fields of one event for the configured format (exposed for tests).
-std::string format_event(LogFormat format, std::string_view event, std::initializer_list<Field> fields);
+std::string format_event(LogFormat format, std::string_view event,
+                         std::initializer_list<Field> fields);
 
 void log_event(spdlog::level::level_enum level, std::string_view event,
                std::initializer_list<Field> fields);

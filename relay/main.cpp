@@ -1,1 +1,5 @@
-// placeholder until implemented
+#include "relay/cli.hpp"
+
+int main(int argc, char** argv) {
+  return stsrelay::relay::run_cli(argc, argv);
+}

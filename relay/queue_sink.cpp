@@ -1,5 +1,6 @@
 #include "relay/queue_sink.hpp"
 
+#include <algorithm>
 #include <memory>
 
 #include <asio/async_result.hpp>
@@ -33,7 +34,15 @@ asio::awaitable<tl::expected<void, std::string>> QueueSink::store(smtp::Received
   entry.id = message.id;
   entry.arrival = std::chrono::system_clock::now();
   entry.sender = message.sender;
-  entry.recipients = message.recipients;
+  // A client may name a recipient twice; it gets one copy, as with Postfix.
+  std::vector<std::string> logged_recipients;
+  for (const auto& recipient : message.recipients) {
+    if (std::find(entry.recipients.begin(), entry.recipients.end(), recipient) ==
+        entry.recipients.end()) {
+      entry.recipients.push_back(recipient);
+      logged_recipients.push_back("<" + recipient + ">");
+    }
+  }
   entry.client_address = message.client_address;
   entry.helo = message.helo;
   entry.eight_bit_mime = message.body == smtp::BodyType::eight_bit_mime;
@@ -42,18 +51,13 @@ asio::awaitable<tl::expected<void, std::string>> QueueSink::store(smtp::Received
   const std::uint64_t size = entry.content.size();
 
   auto committed = co_await submit_and_wait(writer_, std::move(entry));
-  std::vector<std::string> recipients;
-  recipients.reserve(message.recipients.size());
-  for (const auto& recipient : message.recipients) {
-    recipients.push_back("<" + recipient + ">");
-  }
   const std::string sender = "<" + message.sender + ">";
   if (!committed) {
     log_event(spdlog::level::err, "queue_failed",
               {{"queue_id", std::string_view(message.id)},
                {"client", std::string_view(message.client_address)},
                {"sender", std::string_view(sender)},
-               {"recipients", recipients},
+               {"recipients", logged_recipients},
                {"size", size},
                {"error", std::string_view(committed.error())}});
     co_return tl::unexpected(std::string("Error: queue file write error"));
@@ -64,7 +68,7 @@ asio::awaitable<tl::expected<void, std::string>> QueueSink::store(smtp::Received
              {"client", std::string_view(message.client_address)},
              {"helo", std::string_view(message.helo)},
              {"sender", std::string_view(sender)},
-             {"recipients", recipients},
+             {"recipients", logged_recipients},
              {"size", size},
              {"tls", message.over_tls}});
   co_return tl::expected<void, std::string>{};
