@@ -18,8 +18,9 @@ class QueueIdGenerator {
  public:
   using Clock = std::function<std::chrono::system_clock::time_point()>;
 
-  explicit QueueIdGenerator(std::optional<std::string> last_id = std::nullopt,
-                            Clock clock = [] { return std::chrono::system_clock::now(); });
+  explicit QueueIdGenerator(
+      std::optional<std::string> last_id = std::nullopt,
+      Clock clock = [] { return std::chrono::system_clock::now(); });
 
   std::string next();
 
