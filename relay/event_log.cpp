@@ -1,13 +1,12 @@
 #include "relay/event_log.hpp"
 
-#include <array>
 #include <atomic>
-#include <cstdio>
 #include <ctime>
 #include <memory>
 #include <mutex>
 #include <optional>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/formatter.h>
 #include <spdlog/logger.h>
@@ -68,11 +67,8 @@ std::string iso8601_utc(std::chrono::system_clock::time_point time) {
   const std::time_t whole = static_cast<std::time_t>(seconds.count());
   std::tm utc{};
   gmtime_r(&whole, &utc);
-  std::array<char, 32> buffer{};
-  std::snprintf(buffer.data(), buffer.size(), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
-                utc.tm_sec, static_cast<int>(millis));
-  return buffer.data();
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", utc.tm_year + 1900,
+                     utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, millis);
 }
 
 // The length of the well-formed UTF-8 sequence at the start of TEXT, or
