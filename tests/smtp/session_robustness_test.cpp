@@ -29,11 +29,6 @@ void note_allocation(std::size_t size) {
 
 }  // namespace
 
-// g++ 12 sees the replaced operator new inlined into gtest's `new TestClass`
-// and our operator delete calling free(), and warns of a mismatch that is not
-// one: both are the replacements below, which pair malloc with free.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-
 void* operator new(std::size_t size) {
   note_allocation(size);
   if (void* p = std::malloc(size == 0 ? 1 : size)) {
