@@ -77,6 +77,10 @@ class Resolver {
 
 // c-ares in the Asio loop. The error names the problem (e.g. an unreadable
 // /etc/resolv.conf, a server address c-ares rejects).
+// The executor must run on one thread, and lookups must be awaited on it.
+// Destroying the resolver completes pending lookups with Status::cancelled;
+// their coroutines resume afterwards through the executor, which must still
+// be alive then.
 tl::expected<std::unique_ptr<Resolver>, std::string> make_ares_resolver(
     asio::any_io_executor executor, ResolverOptions options);
 
