@@ -17,20 +17,22 @@ namespace stsrelay::sts {
 
 // Why a policy could not be fetched, grouped as RFC 8460 reports them.
 enum class FetchErrorKind {
-  fetch_error,    // sts-policy-fetch-error: DNS, connection, HTTP status, redirect, media type, size, timeout
+  fetch_error,  // sts-policy-fetch-error: DNS, connection, HTTP status, redirect, media type, size,
+                // timeout
   webpki_invalid  // sts-webpki-invalid: the HTTPS certificate did not validate for mta-sts.DOMAIN
 };
 
 struct FetchError {
   FetchErrorKind kind = FetchErrorKind::fetch_error;
-  std::string reason;  // short and stable: "http-status", "content-type", "redirect", "too-large", "timeout", ...
+  std::string reason;  // short and stable: "http-status", "content-type", "redirect", "too-large",
+                       // "timeout", ...
   std::string detail;  // for people: "policy served with Content-Type text/html"
 };
 
 std::string_view rfc8460_result_type(FetchErrorKind kind);
 
 struct FetchOptions {
-  std::uint16_t port = 443;  // sts.policy_port
+  std::uint16_t port = 443;                  // sts.policy_port
   std::chrono::milliseconds timeout{60000};  // sts.fetch_timeout: the whole fetch
   std::size_t max_size = 65536;              // sts.max_policy_size: the body
 };

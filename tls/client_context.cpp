@@ -1,1 +1,51 @@
-// placeholder until implemented
+#include "tls/client_context.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+namespace stsrelay::tls {
+
+namespace {
+
+std::string openssl_reason(const std::error_code& error) {
+  unsigned long code = ERR_peek_last_error();
+  ERR_clear_error();
+  if (code == 0) {
+    return error.message();
+  }
+  char text[256];
+  ERR_error_string_n(code, text, sizeof text);
+  return text;
+}
+
+}  // namespace
+
+tl::expected<std::shared_ptr<asio::ssl::context>, std::string> make_client_context(
+    const std::string& ca_file) {
+  auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+  // RFC 8461 §4.2 and §3.3 ask for TLS 1.2 at least; nothing older is offered.
+  SSL_CTX_set_min_proto_version(context->native_handle(), TLS1_2_VERSION);
+  context->set_options(asio::ssl::context::default_workarounds |
+                       asio::ssl::context::no_compression);
+  // Each connection replaces this with a callback that records problems
+  // instead of aborting the handshake (peer_check.cpp): the caller decides.
+  context->set_verify_mode(asio::ssl::verify_peer);
+
+  std::error_code error;
+  if (ca_file.empty()) {
+    context->set_default_verify_paths(error);
+    if (error) {
+      return tl::unexpected("delivery.ca_file: cannot load the system trust store: " +
+                            openssl_reason(error));
+    }
+  } else {
+    context->load_verify_file(ca_file, error);
+    if (error) {
+      return tl::unexpected("delivery.ca_file: cannot load CA certificates from " + ca_file + ": " +
+                            openssl_reason(error));
+    }
+  }
+  return context;
+}
+
+}  // namespace stsrelay::tls
