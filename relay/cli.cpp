@@ -9,6 +9,7 @@
 #include "relay/config.hpp"
 #include "relay/daemon.hpp"
 #include "relay/queue_commands.hpp"
+#include "relay/sts_check.hpp"
 #include "relay/version.hpp"
 
 namespace stsrelay::relay {
@@ -156,7 +157,8 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       return not_available("queue flush", "the delivery engine", err);
     }
     if (*sts_check) {
-      return not_available("sts-check", "the MTA-STS engine", err);
+      return relay::sts_check(*config, arguments.domain, arguments.json, !arguments.no_connect, out,
+                              err);
     }
   } catch (const std::exception& error) {
     err << "stsrelay: " << error.what() << "\n";

@@ -2,6 +2,7 @@
 
 #include <csignal>
 #include <memory>
+#include <optional>
 
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -15,6 +16,7 @@
 #include "relay/event_log.hpp"
 #include "relay/queue_sink.hpp"
 #include "smtp/server.hpp"
+#include "sts/policy_cache.hpp"
 #include "tls/server_context.hpp"
 
 namespace stsrelay::relay {
@@ -128,6 +130,18 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
     return 1;
   }
   queue::QueueIdGenerator ids(*last_id);
+
+  // Policies learnt before a restart still protect mail after it: a relay
+  // that forgot them could be downgraded by anyone able to block a fetch.
+  std::optional<sts::PolicyCache> policies;
+  if (config.sts.enabled) {
+    auto loaded = sts::PolicyCache::load(config.sts.cache_file);
+    if (loaded.warning) {
+      log_event(spdlog::level::warn, "sts_cache_unusable",
+                {{"error", std::string_view(*loaded.warning)}});
+    }
+    policies.emplace(std::move(loaded.cache));
+  }
   queue::GroupCommitWriter writer(std::move(*store));
 
   asio::io_context io(1);
@@ -172,6 +186,7 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
              {"hostname", std::string_view(config.hostname)},
              {"listen", endpoint_strings(server.local_endpoints())},
              {"queue", std::string_view(config.queue.directory.native())},
+             {"sts_policies", static_cast<std::uint64_t>(policies ? policies->all().size() : 0)},
              {"starttls", tls != nullptr}});
   io.run();
 

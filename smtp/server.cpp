@@ -265,20 +265,23 @@ namespace {
 
 // A client outside listen.allowed_networks gets 554 at connect and, as
 // RFC 5321 §3.1 asks, nothing but 503 until it says QUIT.
-asio::awaitable<void> refuse_client(tcp::socket socket, std::string greeting) {
-  asio::steady_timer deadline(socket.get_executor());
+asio::awaitable<void> refuse_client(tcp::socket accepted, std::string greeting) {
+  // The deadline's handler may run after this coroutine has finished, so the
+  // socket it closes is shared with it rather than borrowed.
+  auto socket = std::make_shared<tcp::socket>(std::move(accepted));
+  asio::steady_timer deadline(socket->get_executor());
   deadline.expires_after(farewell_timeout);
-  deadline.async_wait([&socket](std::error_code error) {
+  deadline.async_wait([socket](std::error_code error) {
     if (!error) {
       std::error_code ignored;
-      socket.close(ignored);
+      socket->close(ignored);
     }
   });
-  auto [error, written] = co_await asio::async_write(socket, asio::buffer(greeting), use_tuple);
+  auto [error, written] = co_await asio::async_write(*socket, asio::buffer(greeting), use_tuple);
   std::string input;
   std::array<char, 512> buffer;
   for (std::size_t commands = 0; !error && commands < refused_client_max_commands;) {
-    auto [read_error, length] = co_await socket.async_read_some(asio::buffer(buffer), use_tuple);
+    auto [read_error, length] = co_await socket->async_read_some(asio::buffer(buffer), use_tuple);
     if (read_error) {
       break;
     }
@@ -291,7 +294,8 @@ asio::awaitable<void> refuse_client(tcp::socket socket, std::string greeting) {
       bool quit =
           line.size() >= 4 && (line.compare(0, 4, "QUIT") == 0 || line.compare(0, 4, "quit") == 0);
       std::string reply = quit ? "221 2.0.0 Bye\r\n" : "503 5.7.1 Access denied\r\n";
-      std::tie(error, written) = co_await asio::async_write(socket, asio::buffer(reply), use_tuple);
+      std::tie(error, written) =
+          co_await asio::async_write(*socket, asio::buffer(reply), use_tuple);
       if (quit) {
         error = asio::error::eof;
       }
@@ -302,7 +306,7 @@ asio::awaitable<void> refuse_client(tcp::socket socket, std::string greeting) {
   }
   deadline.cancel();
   std::error_code ignored;
-  socket.close(ignored);
+  socket->close(ignored);
 }
 
 }  // namespace

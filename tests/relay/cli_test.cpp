@@ -141,9 +141,6 @@ TEST_F(Cli, NotYetAvailableCommandsExitOne) {
   EXPECT_EQ(flush.status, 1);
   EXPECT_NE(flush.err.find("not available yet: arrives with the delivery engine"),
             std::string::npos);
-  const auto sts = cli({"sts-check", "example.com", "--json", "--no-connect", "--config", file});
-  EXPECT_EQ(sts.status, 1);
-  EXPECT_NE(sts.err.find("not available yet: arrives with the MTA-STS engine"), std::string::npos);
 }
 
 TEST_F(Cli, QueueCommandsOnAMissingQueueNeitherFailNorCreateIt) {
