@@ -16,7 +16,9 @@ build_packages="build-essential cmake pkg-config clang-format
   libasio-dev libssl-dev libc-ares-dev libspdlog-dev libfmt-dev
   libsqlite3-dev sqlite3 libtomlplusplus-dev nlohmann-json3-dev
   libcli11-dev libexpected-dev ca-certificates"
-test_packages="libgtest-dev libgmock-dev openssl swaks python3 procps"
+# swaks needs libnet-ssleay-perl for -tls (only a Recommends of swaks).
+test_packages="libgtest-dev libgmock-dev openssl swaks libnet-ssleay-perl python3 procps git
+  clang-14 libclang-rt-14-dev"
 
 jobs=$(nproc 2>/dev/null || echo 2)
 
@@ -46,12 +48,55 @@ build() {
 }
 
 check_format() {
-  unformatted=$(git ls-files '*.cpp' '*.hpp' | xargs clang-format --dry-run -Werror 2>&1 | grep -c 'error:' || true)
-  if [ "$unformatted" -ne 0 ]; then
-    git ls-files '*.cpp' '*.hpp' | xargs clang-format --dry-run -Werror
-    echo "clang-format: $unformatted places differ from .clang-format" >&2
+  if [ -d .git ]; then
+    sources=$(git ls-files '*.cpp' '*.hpp')
+  else
+    sources=$(find smtp queue dns sts tls relay tests bench -name '*.cpp' -o -name '*.hpp' 2>/dev/null)
+  fi
+  if [ -z "$sources" ]; then
+    echo "clang-format: found no sources to check" >&2
     exit 1
   fi
+  # shellcheck disable=SC2086  # one word per file
+  if ! clang-format --dry-run -Werror $sources; then
+    echo "clang-format: the files above differ from .clang-format (clang-format -i FILE)" >&2
+    exit 1
+  fi
+}
+
+# The libFuzzer targets, as tests/<folder>/<target>: built with clang in a
+# build of their own (every library instrumented for coverage, ASan and UBSan)
+# and each run for a short while, from its seeds in
+# tests/<folder>/fuzz_seeds/<target> when there are any.
+fuzzers="tests/smtp/smtp_session_fuzzer tests/sts/sts_txt_fuzzer
+  tests/sts/sts_policy_fuzzer tests/sts/sts_mx_pattern_fuzzer tests/sts/sts_http_response_fuzzer"
+
+fuzz() {
+  dir=build-fuzz
+  seconds=${FUZZ_SECONDS:-20}
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
+    -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all"
+  targets=""
+  for fuzzer in $fuzzers; do
+    targets="$targets $(basename "$fuzzer")"
+  done
+  # shellcheck disable=SC2086  # one word per target
+  cmake --build "$dir" -j "$jobs" --target $targets
+  for fuzzer in $fuzzers; do
+    name=$(basename "$fuzzer")
+    corpus="$dir/corpus/$name"  # new inputs go here, never into the seeds
+    seeds="$(dirname "$fuzzer")/fuzz_seeds/$name"
+    [ -d "$seeds" ] || seeds=""
+    mkdir -p "$corpus"
+    # shellcheck disable=SC2086  # no seeds: no argument
+    if ! "$dir/$fuzzer" -max_total_time="$seconds" -artifact_prefix="$dir/$name-" \
+         "$corpus" $seeds >"$dir/$name.log" 2>&1; then
+      cat "$dir/$name.log" >&2
+      echo "fuzz: $name failed; the input is $dir/$name-crash-* (or leak-*, timeout-*)" >&2
+      exit 1
+    fi
+    echo "fuzz: $name: $(tail -n 1 "$dir/$name.log")"
+  done
 }
 
 case "${1:-}" in
@@ -70,6 +115,7 @@ case "${1:-}" in
     build build-asan -DSTSRELAY_SANITIZE=ON
     (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
        ctest --output-on-failure -j "$jobs" -LE 'interop|container')
+    fuzz
     ;;
   *)
     echo "usage: $0 run|test" >&2
