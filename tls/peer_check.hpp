@@ -28,7 +28,8 @@ bool prepare_client(SSL* ssl, const std::string& host_name);
 
 struct PeerCheck {
   CertificateVerdict verdict = CertificateVerdict::validation_failure;
-  std::string detail;  // "certificate for mx1.example.com expired 2026-11-02", OpenSSL's text otherwise
+  std::string
+      detail;  // "certificate for mx1.example.com expired 2026-11-02", OpenSSL's text otherwise
 };
 
 // After the handshake: the verdict on the peer certificate.
