@@ -18,7 +18,7 @@ build_packages="build-essential cmake pkg-config clang-format
   libcli11-dev libexpected-dev ca-certificates"
 # swaks needs libnet-ssleay-perl for -tls (only a Recommends of swaks).
 test_packages="libgtest-dev libgmock-dev openssl swaks libnet-ssleay-perl python3 procps git
-  clang-14 libclang-rt-14-dev"
+  clang-14 libclang-rt-14-dev unbound nginx-light python3-aiosmtpd"
 
 jobs=$(nproc 2>/dev/null || echo 2)
 

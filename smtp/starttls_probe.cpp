@@ -62,6 +62,10 @@ class ProbeConnection {
   }
 
   asio::awaitable<std::error_code> start_tls(asio::ssl::context& context, const std::string& host) {
+    // Whatever came in plaintext after the 220 is not the TLS server's to
+    // say (RFC 3207 §4.2; the STARTTLS command injection of CVE-2011-0411
+    // turned around): it must never be read as a reply over TLS.
+    parser_ = ReplyParser();
     tls_.emplace(socket_, context);
     tls::prepare_client(tls_->native_handle(), host);
     auto [error] = co_await tls_->async_handshake(asio::ssl::stream_base::client, use_tuple);

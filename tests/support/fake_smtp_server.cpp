@@ -113,6 +113,7 @@ class Connection {
 
   // The next line with its line end; nothing at the end of the connection.
   asio::awaitable<std::optional<std::string>> read_line() {
+    line_was_buffered_ = true;
     for (;;) {
       if (std::size_t end = buffer_.find('\n'); end != std::string::npos) {
         std::string line = buffer_.substr(0, end + 1);
@@ -122,6 +123,7 @@ class Connection {
       if (buffer_.size() > max_line_bytes) {
         co_return std::nullopt;
       }
+      line_was_buffered_ = false;
       std::array<char, 4096> chunk;
       std::error_code error;
       std::size_t length = 0;
@@ -159,6 +161,9 @@ class Connection {
 
   SSL* ssl() { return tls_ ? tls_->native_handle() : nullptr; }
 
+  // Whether the last line read had arrived before it was asked for.
+  bool line_was_buffered() const { return line_was_buffered_; }
+
   // Reads and discards until the client goes away.
   asio::awaitable<void> drain() {
     for (;;) {
@@ -173,6 +178,7 @@ class Connection {
   tcp::socket& socket_;
   std::optional<asio::ssl::stream<tcp::socket&>> tls_;
   std::string buffer_;
+  bool line_was_buffered_ = false;
 };
 
 }  // namespace
@@ -416,6 +422,7 @@ struct FakeSmtpServer::Impl {
       }
       self->update(index, [&](FakeSmtpSession& session) {
         session.commands.push_back(command);
+        session.arrived_with_previous.push_back(connection.line_was_buffered());
         if (answer.positive() && (verb == "EHLO" || verb == "HELO")) {
           session.ehlo_name = argument;
         }

@@ -52,11 +52,14 @@ struct FakeSmtpMessage {
 // One connection as the server saw it.
 struct FakeSmtpSession {
   std::string client_address;
-  std::string ehlo_name;                  // the last EHLO/HELO argument
-  bool tls = false;                       // STARTTLS completed
-  std::string tls_version;                // "TLSv1.3"
-  std::string server_name;                // SNI sent by the client
-  std::vector<std::string> commands;      // every command line received, in order, without CRLF
+  std::string ehlo_name;              // the last EHLO/HELO argument
+  bool tls = false;                   // STARTTLS completed
+  std::string tls_version;            // "TLSv1.3"
+  std::string server_name;            // SNI sent by the client
+  std::vector<std::string> commands;  // every command line received, in order, without CRLF
+  // Per command: it was already received with the one before (in the same
+  // read), as a pipelining client sends MAIL, RCPT and DATA (RFC 2920).
+  std::vector<bool> arrived_with_previous;
   std::vector<FakeSmtpMessage> messages;  // every DATA transaction that got its final dot
   bool quit = false;                      // the client said QUIT
 };
