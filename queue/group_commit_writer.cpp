@@ -4,17 +4,37 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <iterator>
 #include <mutex>
 #include <span>
+#include <string>
 #include <thread>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace stsrelay::queue {
 
+namespace {
+
+// What a write that cannot be committed any more was about, for its error.
+std::string describe(const std::vector<QueueWrite>& writes) {
+  if (writes.empty()) {
+    return "cannot write to the queue";
+  }
+  if (const auto* message = std::get_if<NewMessage>(&writes.front())) {
+    return "cannot queue message " + message->id;
+  }
+  const auto& attempt = std::get<AttemptRecord>(writes.front());
+  return "cannot record an attempt for " + attempt.address + " of message " + attempt.message_id;
+}
+
+}  // namespace
+
 struct GroupCommitWriter::Impl {
+  // One submission: its writes are committed together or not at all.
   struct Pending {
-    NewMessage message;
+    std::vector<QueueWrite> writes;
     Completion done;
   };
 
@@ -22,7 +42,8 @@ struct GroupCommitWriter::Impl {
       : store(std::move(store)), max_batch(std::max<std::size_t>(max_batch, 1)) {}
 
   void run() {
-    std::vector<NewMessage> messages;
+    std::vector<QueueWrite> writes;
+    std::vector<std::size_t> ends;  // where each submission's writes end in writes
     std::vector<Completion> completions;
     for (;;) {
       {
@@ -35,44 +56,59 @@ struct GroupCommitWriter::Impl {
         // batch grows with the load, with no waiting to fill it.
         const std::size_t count = std::min(pending.size(), max_batch);
         for (std::size_t i = 0; i < count; ++i) {
-          messages.push_back(std::move(pending.front().message));
-          completions.push_back(std::move(pending.front().done));
+          auto& submission = pending.front();
+          std::move(submission.writes.begin(), submission.writes.end(), std::back_inserter(writes));
+          ends.push_back(writes.size());
+          completions.push_back(std::move(submission.done));
           pending.pop_front();
         }
       }
-      commit(messages, completions);
-      messages.clear();
+      commit(writes, ends, completions);
+      writes.clear();
+      ends.clear();
       completions.clear();
     }
   }
 
-  void commit(std::vector<NewMessage>& messages, std::vector<Completion>& completions) {
-    auto result = store.insert(messages);
+  void commit(const std::vector<QueueWrite>& writes, const std::vector<std::size_t>& ends,
+              std::vector<Completion>& completions) {
+    auto result = store.apply(writes);
     if (result) {
-      count_commit(messages.size());
+      count_commit(writes);
       for (auto& done : completions) {
         done({});
       }
       return;
     }
-    if (messages.size() == 1) {
+    if (completions.size() == 1) {
       completions.front()(std::move(result));
       return;
     }
-    // The batch is all or nothing; one bad message (a duplicate id) must not
-    // fail the others, so each gets its own transaction and its own answer.
-    for (std::size_t i = 0; i < messages.size(); ++i) {
-      auto single = store.insert(std::span<const NewMessage>(&messages[i], 1));
+    // The batch is all or nothing; one bad submission (a duplicate id) must
+    // not fail the others, so each gets its own transaction and its own
+    // answer, still in the order submitted.
+    std::size_t begin = 0;
+    for (std::size_t i = 0; i < completions.size(); ++i) {
+      const std::span<const QueueWrite> submission(writes.data() + begin, ends[i] - begin);
+      auto single = store.apply(submission);
       if (single) {
-        count_commit(1);
+        count_commit(submission);
       }
       completions[i](std::move(single));
+      begin = ends[i];
     }
   }
 
-  void count_commit(std::size_t messages_in_commit) {
+  void count_commit(std::span<const QueueWrite> committed) {
+    if (committed.empty()) {
+      return;  // Store::apply begins no transaction for nothing
+    }
+    const auto new_messages = static_cast<std::uint64_t>(std::count_if(
+        committed.begin(), committed.end(),
+        [](const QueueWrite& write) { return std::holds_alternative<NewMessage>(write); }));
     commits.fetch_add(1, std::memory_order_relaxed);
-    messages_committed.fetch_add(messages_in_commit, std::memory_order_relaxed);
+    messages_committed.fetch_add(new_messages, std::memory_order_relaxed);
+    attempts_committed.fetch_add(committed.size() - new_messages, std::memory_order_relaxed);
   }
 
   Store store;
@@ -88,6 +124,7 @@ struct GroupCommitWriter::Impl {
 
   std::atomic<std::uint64_t> commits{0};
   std::atomic<std::uint64_t> messages_committed{0};
+  std::atomic<std::uint64_t> attempts_committed{0};
 };
 
 GroupCommitWriter::GroupCommitWriter(Store store, std::size_t max_batch)
@@ -100,15 +137,25 @@ GroupCommitWriter::~GroupCommitWriter() {
 }
 
 void GroupCommitWriter::submit(NewMessage message, Completion done) {
+  submit(QueueWrite(std::move(message)), std::move(done));
+}
+
+void GroupCommitWriter::submit(QueueWrite write, Completion done) {
+  std::vector<QueueWrite> writes;
+  writes.push_back(std::move(write));
+  submit_together(std::move(writes), std::move(done));
+}
+
+void GroupCommitWriter::submit_together(std::vector<QueueWrite> writes, Completion done) {
   {
     std::lock_guard lock(impl_->mutex);
     if (!impl_->stopping) {
-      impl_->pending.push_back({std::move(message), std::move(done)});
+      impl_->pending.push_back({std::move(writes), std::move(done)});
       impl_->wake.notify_one();
       return;
     }
   }
-  done(tl::unexpected("cannot queue message " + message.id + ": the queue writer has stopped"));
+  done(tl::unexpected(describe(writes) + ": the queue writer has stopped"));
 }
 
 void GroupCommitWriter::stop() {
@@ -125,7 +172,8 @@ void GroupCommitWriter::stop() {
 
 GroupCommitWriter::Stats GroupCommitWriter::stats() const {
   return Stats{impl_->commits.load(std::memory_order_relaxed),
-               impl_->messages_committed.load(std::memory_order_relaxed)};
+               impl_->messages_committed.load(std::memory_order_relaxed),
+               impl_->attempts_committed.load(std::memory_order_relaxed)};
 }
 
 }  // namespace stsrelay::queue

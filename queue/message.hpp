@@ -65,6 +65,7 @@ struct DueRecipient {
   std::string sender;
   bool eight_bit_mime = false;
   bool smtputf8 = false;
+  std::uint64_t size = 0;  // bytes of content, for the SIZE parameter of MAIL FROM
 };
 
 }  // namespace stsrelay::queue

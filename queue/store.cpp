@@ -8,6 +8,7 @@
 #include <system_error>
 #include <unistd.h>
 #include <utility>
+#include <variant>
 
 #include <sqlite3.h>
 
@@ -75,6 +76,10 @@ enum class Query : std::size_t {
   due_recipients,
   record_attempt,
   unfinished_recipients,
+  message,
+  recipients_of_message,
+  next_due,
+  make_due,
   count,
 };
 
@@ -101,7 +106,8 @@ constexpr std::array<const char*, static_cast<std::size_t>(Query::count)> query_
     "SELECT max(id) FROM messages",
     // due_recipients
     "SELECT r.message_id, r.address, r.status, r.attempts, r.next_attempt_us, m.arrival_us, "
-    "m.sender, m.eight_bit_mime, m.smtputf8 FROM recipients AS r JOIN messages AS m ON m.id = "
+    "m.sender, m.eight_bit_mime, m.smtputf8, m.size FROM recipients AS r JOIN messages AS m ON "
+    "m.id = "
     "r.message_id WHERE r.status IN ('queued', 'deferred') AND r.next_attempt_us <= ?1 AND m.held "
     "= 0 ORDER BY r.next_attempt_us, r.message_id, r.position LIMIT ?2",
     // record_attempt
@@ -109,6 +115,18 @@ constexpr std::array<const char*, static_cast<std::size_t>(Query::count)> query_
     "next_attempt_us = ?5 WHERE message_id = ?1 AND address = ?2",
     // unfinished_recipients
     "SELECT count(*) FROM recipients WHERE message_id = ?1 AND status IN ('queued', 'deferred')",
+    // message
+    "SELECT id, sender, size, arrival_us, held, client_address, helo, eight_bit_mime, smtputf8 "
+    "FROM messages WHERE id = ?1",
+    // recipients_of_message
+    "SELECT message_id, address, status, attempts, last_error, next_attempt_us FROM recipients "
+    "WHERE message_id = ?1 ORDER BY position",
+    // next_due
+    "SELECT min(r.next_attempt_us) FROM recipients AS r JOIN messages AS m ON m.id = "
+    "r.message_id WHERE r.status IN ('queued', 'deferred') AND m.held = 0",
+    // make_due
+    "UPDATE recipients SET next_attempt_us = ?1 WHERE status IN ('queued', 'deferred') AND "
+    "next_attempt_us > ?1 AND message_id IN (SELECT id FROM messages WHERE held = 0)",
 };
 
 std::int64_t to_microseconds(TimePoint time) {
@@ -433,6 +451,162 @@ Result<void> migrate(Database& impl) {
   return transaction->commit();
 }
 
+// The envelope columns of list_messages and message, in that order.
+MessageRecord read_message_row(sqlite3_stmt* row) {
+  MessageRecord record;
+  record.id = column_text(row, 0);
+  record.sender = column_text(row, 1);
+  record.size = static_cast<std::uint64_t>(sqlite3_column_int64(row, 2));
+  record.arrival = from_microseconds(sqlite3_column_int64(row, 3));
+  record.held = sqlite3_column_int(row, 4) != 0;
+  record.client_address = column_text(row, 5);
+  record.helo = column_text(row, 6);
+  record.eight_bit_mime = sqlite3_column_int(row, 7) != 0;
+  record.smtputf8 = sqlite3_column_int(row, 8) != 0;
+  return record;
+}
+
+// The columns of list_recipients and recipients_of_message after the
+// message id, in that order.
+RecipientRecord read_recipient_row(sqlite3_stmt* row) {
+  RecipientRecord recipient;
+  recipient.address = column_text(row, 1);
+  recipient.status =
+      recipient_status_from_string(column_text(row, 2)).value_or(RecipientStatus::queued);
+  recipient.attempts = static_cast<unsigned>(sqlite3_column_int64(row, 3));
+  recipient.last_error = column_text(row, 4);
+  if (sqlite3_column_type(row, 5) != SQLITE_NULL) {
+    recipient.next_attempt = from_microseconds(sqlite3_column_int64(row, 5));
+  }
+  return recipient;
+}
+
+Result<void> check_new_message(const NewMessage& message) {
+  if (message.id.empty()) {
+    return tl::unexpected(std::string("cannot queue a message without an id"));
+  }
+  if (message.recipients.empty()) {
+    return tl::unexpected("cannot queue message " + message.id + ": it has no recipients");
+  }
+  return {};
+}
+
+// The writes below run inside a write transaction their caller owns; a
+// failure leaves it to be rolled back.
+
+Result<void> insert_message(Database& impl, const NewMessage& message) {
+  if (auto checked = check_new_message(message); !checked) {
+    return checked;
+  }
+  const auto arrival = to_microseconds(message.arrival);
+  {
+    auto statement = impl.use(Query::insert_message);
+    if (!statement) {
+      return tl::unexpected(statement.error());
+    }
+    statement->text(1, message.id)
+        .integer(2, arrival)
+        .text(3, message.sender)
+        .integer(4, static_cast<std::int64_t>(message.content.size()))
+        .text(5, message.client_address)
+        .text(6, message.helo)
+        .integer(7, message.eight_bit_mime ? 1 : 0)
+        .integer(8, message.smtputf8 ? 1 : 0)
+        .blob(9, message.content);
+    if (statement->step() != SQLITE_DONE) {
+      return tl::unexpected(impl.error("cannot queue message " + message.id));
+    }
+  }
+  for (std::size_t position = 0; position < message.recipients.size(); ++position) {
+    auto statement = impl.use(Query::insert_recipient);
+    if (!statement) {
+      return tl::unexpected(statement.error());
+    }
+    statement->text(1, message.id)
+        .integer(2, static_cast<std::int64_t>(position))
+        .text(3, message.recipients[position])
+        .integer(4, arrival);
+    if (statement->step() != SQLITE_DONE) {
+      return tl::unexpected(impl.error("cannot queue message " + message.id + " for " +
+                                       message.recipients[position]));
+    }
+  }
+  return {};
+}
+
+// Store::record_attempt's semantics; false when the message has no such
+// recipient (nothing is changed then).
+Result<bool> record_attempt_in(Database& impl, std::string_view id, std::string_view address,
+                               RecipientStatus status, std::string_view last_error,
+                               std::optional<TimePoint> next_attempt) {
+  const bool final = status == RecipientStatus::sent || status == RecipientStatus::bounced;
+  if (!final && !next_attempt) {
+    return tl::unexpected("cannot record a " + std::string(to_string(status)) + " attempt for " +
+                          std::string(address) + " of message " + std::string(id) +
+                          " without a next attempt time");
+  }
+  const auto failure = [&] {
+    return impl.error("cannot record an attempt for " + std::string(address) + " of message " +
+                      std::string(id));
+  };
+  {
+    auto statement = impl.use(Query::record_attempt);
+    if (!statement) {
+      return tl::unexpected(statement.error());
+    }
+    statement->text(1, id).text(2, address).text(3, to_string(status)).text(4, last_error);
+    if (final) {
+      statement->null(5);
+    } else {
+      statement->integer(5, to_microseconds(*next_attempt));
+    }
+    if (statement->step() != SQLITE_DONE) {
+      return tl::unexpected(failure());
+    }
+    if (sqlite3_changes(impl.db.get()) == 0) {
+      return false;
+    }
+  }
+  std::int64_t unfinished = 0;
+  {
+    auto statement = impl.use(Query::unfinished_recipients);
+    if (!statement) {
+      return tl::unexpected(statement.error());
+    }
+    statement->text(1, id);
+    if (statement->step() != SQLITE_ROW) {
+      return tl::unexpected(failure());
+    }
+    unfinished = sqlite3_column_int64(statement->get(), 0);
+  }
+  if (unfinished == 0) {
+    auto statement = impl.use(Query::remove);
+    if (!statement) {
+      return tl::unexpected(statement.error());
+    }
+    statement->text(1, id);
+    if (statement->step() != SQLITE_DONE) {
+      return tl::unexpected(failure());
+    }
+  }
+  return true;
+}
+
+Result<void> apply_one(Database& impl, const QueueWrite& write) {
+  if (const auto* message = std::get_if<NewMessage>(&write)) {
+    return insert_message(impl, *message);
+  }
+  const auto& attempt = std::get<AttemptRecord>(write);
+  // A recipient that is gone was deleted by `queue delete` while its attempt
+  // ran: there is nothing left to record, and that is no failure.
+  auto recorded = record_attempt_in(impl, attempt.message_id, attempt.address, attempt.status,
+                                    attempt.last_error, attempt.next_attempt);
+  if (!recorded) {
+    return tl::unexpected(recorded.error());
+  }
+  return {};
+}
+
 }  // namespace
 
 struct Store::Impl : Database {};
@@ -494,55 +668,38 @@ std::filesystem::path Store::database_path() const {
 }
 
 Result<void> Store::insert(std::span<const NewMessage> messages) {
+  // Checked before the transaction so that a bad batch costs no lock.
   for (const auto& message : messages) {
-    if (message.id.empty()) {
-      return tl::unexpected(std::string("cannot queue a message without an id"));
-    }
-    if (message.recipients.empty()) {
-      return tl::unexpected("cannot queue message " + message.id + ": it has no recipients");
+    if (auto checked = check_new_message(message); !checked) {
+      return checked;
     }
   }
   if (messages.empty()) {
     return {};
   }
-
   auto transaction = Transaction::begin_write(*impl_);
   if (!transaction) {
     return tl::unexpected(transaction.error());
   }
   for (const auto& message : messages) {
-    const auto arrival = to_microseconds(message.arrival);
-    {
-      auto statement = impl_->use(Query::insert_message);
-      if (!statement) {
-        return tl::unexpected(statement.error());
-      }
-      statement->text(1, message.id)
-          .integer(2, arrival)
-          .text(3, message.sender)
-          .integer(4, static_cast<std::int64_t>(message.content.size()))
-          .text(5, message.client_address)
-          .text(6, message.helo)
-          .integer(7, message.eight_bit_mime ? 1 : 0)
-          .integer(8, message.smtputf8 ? 1 : 0)
-          .blob(9, message.content);
-      if (statement->step() != SQLITE_DONE) {
-        return tl::unexpected(impl_->error("cannot queue message " + message.id));
-      }
+    if (auto inserted = insert_message(*impl_, message); !inserted) {
+      return inserted;
     }
-    for (std::size_t position = 0; position < message.recipients.size(); ++position) {
-      auto statement = impl_->use(Query::insert_recipient);
-      if (!statement) {
-        return tl::unexpected(statement.error());
-      }
-      statement->text(1, message.id)
-          .integer(2, static_cast<std::int64_t>(position))
-          .text(3, message.recipients[position])
-          .integer(4, arrival);
-      if (statement->step() != SQLITE_DONE) {
-        return tl::unexpected(impl_->error("cannot queue message " + message.id + " for " +
-                                           message.recipients[position]));
-      }
+  }
+  return transaction->commit();
+}
+
+Result<void> Store::apply(std::span<const QueueWrite> writes) {
+  if (writes.empty()) {
+    return {};
+  }
+  auto transaction = Transaction::begin_write(*impl_);
+  if (!transaction) {
+    return tl::unexpected(transaction.error());
+  }
+  for (const auto& write : writes) {
+    if (auto applied = apply_one(*impl_, write); !applied) {
+      return applied;
     }
   }
   return transaction->commit();
@@ -561,18 +718,7 @@ Result<std::vector<MessageRecord>> Store::list() {
     }
     int result;
     while ((result = statement->step()) == SQLITE_ROW) {
-      auto* row = statement->get();
-      MessageRecord record;
-      record.id = column_text(row, 0);
-      record.sender = column_text(row, 1);
-      record.size = static_cast<std::uint64_t>(sqlite3_column_int64(row, 2));
-      record.arrival = from_microseconds(sqlite3_column_int64(row, 3));
-      record.held = sqlite3_column_int(row, 4) != 0;
-      record.client_address = column_text(row, 5);
-      record.helo = column_text(row, 6);
-      record.eight_bit_mime = sqlite3_column_int(row, 7) != 0;
-      record.smtputf8 = sqlite3_column_int(row, 8) != 0;
-      records.push_back(std::move(record));
+      records.push_back(read_message_row(statement->get()));
     }
     if (result != SQLITE_DONE) {
       return tl::unexpected(impl_->error("cannot list the queue"));
@@ -595,16 +741,7 @@ Result<std::vector<MessageRecord>> Store::list() {
       if (message == records.end() || message->id != message_id) {
         continue;  // cannot happen with foreign keys on; never invent a message
       }
-      RecipientRecord recipient;
-      recipient.address = column_text(row, 1);
-      recipient.status =
-          recipient_status_from_string(column_text(row, 2)).value_or(RecipientStatus::queued);
-      recipient.attempts = static_cast<unsigned>(sqlite3_column_int64(row, 3));
-      recipient.last_error = column_text(row, 4);
-      if (sqlite3_column_type(row, 5) != SQLITE_NULL) {
-        recipient.next_attempt = from_microseconds(sqlite3_column_int64(row, 5));
-      }
-      message->recipients.push_back(std::move(recipient));
+      message->recipients.push_back(read_recipient_row(row));
     }
     if (result != SQLITE_DONE) {
       return tl::unexpected(impl_->error("cannot list the queue"));
@@ -614,6 +751,49 @@ Result<std::vector<MessageRecord>> Store::list() {
     return tl::unexpected(committed.error());
   }
   return records;
+}
+
+Result<std::optional<MessageRecord>> Store::message(std::string_view id) {
+  auto transaction = Transaction::begin_read(*impl_);
+  if (!transaction) {
+    return tl::unexpected(transaction.error());
+  }
+  const auto failure = [&] { return impl_->error("cannot read message " + std::string(id)); };
+  MessageRecord record;
+  {
+    auto statement = impl_->use(Query::message);
+    if (!statement) {
+      return tl::unexpected(statement.error());
+    }
+    statement->text(1, id);
+    switch (statement->step()) {
+      case SQLITE_ROW:
+        record = read_message_row(statement->get());
+        break;
+      case SQLITE_DONE:
+        return std::optional<MessageRecord>();
+      default:
+        return tl::unexpected(failure());
+    }
+  }
+  {
+    auto statement = impl_->use(Query::recipients_of_message);
+    if (!statement) {
+      return tl::unexpected(statement.error());
+    }
+    statement->text(1, id);
+    int result;
+    while ((result = statement->step()) == SQLITE_ROW) {
+      record.recipients.push_back(read_recipient_row(statement->get()));
+    }
+    if (result != SQLITE_DONE) {
+      return tl::unexpected(failure());
+    }
+  }
+  if (auto committed = transaction->commit(); !committed) {
+    return tl::unexpected(committed.error());
+  }
+  return std::optional<MessageRecord>(std::move(record));
 }
 
 Result<std::optional<std::string>> Store::content(std::string_view id) {
@@ -717,6 +897,7 @@ Result<std::vector<DueRecipient>> Store::due_recipients(TimePoint now, std::size
     recipient.sender = column_text(row, 6);
     recipient.eight_bit_mime = sqlite3_column_int(row, 7) != 0;
     recipient.smtputf8 = sqlite3_column_int(row, 8) != 0;
+    recipient.size = static_cast<std::uint64_t>(sqlite3_column_int64(row, 9));
     due.push_back(std::move(recipient));
   }
   if (result != SQLITE_DONE) {
@@ -725,60 +906,53 @@ Result<std::vector<DueRecipient>> Store::due_recipients(TimePoint now, std::size
   return due;
 }
 
-Result<bool> Store::record_attempt(std::string_view id, std::string_view address,
-                                   RecipientStatus status, std::string_view last_error,
-                                   std::optional<TimePoint> next_attempt) {
-  const bool final = status == RecipientStatus::sent || status == RecipientStatus::bounced;
-  if (!final && !next_attempt) {
-    return tl::unexpected("cannot record a " + std::string(to_string(status)) + " attempt for " +
-                          std::string(address) + " of message " + std::string(id) +
-                          " without a next attempt time");
+Result<std::optional<TimePoint>> Store::next_due() {
+  auto statement = impl_->use(Query::next_due);
+  if (!statement) {
+    return tl::unexpected(statement.error());
   }
+  if (statement->step() != SQLITE_ROW) {
+    return tl::unexpected(impl_->error("cannot read the next due time"));
+  }
+  if (sqlite3_column_type(statement->get(), 0) == SQLITE_NULL) {
+    return std::optional<TimePoint>();
+  }
+  return std::optional<TimePoint>(from_microseconds(sqlite3_column_int64(statement->get(), 0)));
+}
+
+Result<std::size_t> Store::make_due(TimePoint now) {
   auto transaction = Transaction::begin_write(*impl_);
   if (!transaction) {
     return tl::unexpected(transaction.error());
   }
-  const std::string failure =
-      "cannot record an attempt for " + std::string(address) + " of message " + std::string(id);
+  std::size_t changed = 0;
   {
-    auto statement = impl_->use(Query::record_attempt);
+    auto statement = impl_->use(Query::make_due);
     if (!statement) {
       return tl::unexpected(statement.error());
     }
-    statement->text(1, id).text(2, address).text(3, to_string(status)).text(4, last_error);
-    if (final) {
-      statement->null(5);
-    } else {
-      statement->integer(5, to_microseconds(*next_attempt));
-    }
+    statement->integer(1, to_microseconds(now));
     if (statement->step() != SQLITE_DONE) {
-      return tl::unexpected(impl_->error(failure));
+      return tl::unexpected(impl_->error("cannot reschedule the queue"));
     }
-    if (sqlite3_changes(impl_->db.get()) == 0) {
-      return false;
-    }
+    changed = static_cast<std::size_t>(sqlite3_changes(impl_->db.get()));
   }
-  std::int64_t unfinished = 0;
-  {
-    auto statement = impl_->use(Query::unfinished_recipients);
-    if (!statement) {
-      return tl::unexpected(statement.error());
-    }
-    statement->text(1, id);
-    if (statement->step() != SQLITE_ROW) {
-      return tl::unexpected(impl_->error(failure));
-    }
-    unfinished = sqlite3_column_int64(statement->get(), 0);
+  if (auto committed = transaction->commit(); !committed) {
+    return tl::unexpected(committed.error());
   }
-  if (unfinished == 0) {
-    auto statement = impl_->use(Query::remove);
-    if (!statement) {
-      return tl::unexpected(statement.error());
-    }
-    statement->text(1, id);
-    if (statement->step() != SQLITE_DONE) {
-      return tl::unexpected(impl_->error(failure));
-    }
+  return changed;
+}
+
+Result<bool> Store::record_attempt(std::string_view id, std::string_view address,
+                                   RecipientStatus status, std::string_view last_error,
+                                   std::optional<TimePoint> next_attempt) {
+  auto transaction = Transaction::begin_write(*impl_);
+  if (!transaction) {
+    return tl::unexpected(transaction.error());
+  }
+  auto recorded = record_attempt_in(*impl_, id, address, status, last_error, next_attempt);
+  if (!recorded || !*recorded) {
+    return recorded;  // the transaction rolls back: nothing was changed
   }
   if (auto committed = transaction->commit(); !committed) {
     return tl::unexpected(committed.error());

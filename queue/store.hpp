@@ -12,6 +12,7 @@
 #include <tl/expected.hpp>
 
 #include "queue/message.hpp"
+#include "queue/queue_write.hpp"
 
 namespace stsrelay::queue {
 
@@ -39,8 +40,17 @@ class Store {
   // recipients), none is inserted and the error names that message.
   Result<void> insert(std::span<const NewMessage> messages);
 
+  // Commits the writes in one transaction, in order, all or nothing: a
+  // NewMessage is inserted as by insert(), an AttemptRecord is recorded as by
+  // record_attempt(). An AttemptRecord whose recipient no longer exists (its
+  // message was deleted meanwhile, or finished by an earlier write) is
+  // skipped, not an error.
+  Result<void> apply(std::span<const QueueWrite> writes);
+
   Result<std::vector<MessageRecord>> list();
   Result<std::optional<std::string>> content(std::string_view id);
+  // One message's envelope and recipients (in RCPT order), without content.
+  Result<std::optional<MessageRecord>> message(std::string_view id);
 
   // Each returns false when no message has that id.
   Result<bool> set_held(std::string_view id, bool held);
@@ -52,6 +62,16 @@ class Store {
   // Recipients of messages not on hold, queued or deferred, whose next
   // attempt is at or before now: the earliest first, at most limit of them.
   Result<std::vector<DueRecipient>> due_recipients(TimePoint now, std::size_t limit);
+
+  // The earliest next attempt of any recipient due_recipients could return
+  // (unheld, queued or deferred), so a scheduler can sleep until then; none
+  // when nothing is waiting.
+  Result<std::optional<TimePoint>> next_due();
+
+  // `queue flush`: every queued or deferred recipient of a message not on
+  // hold whose next attempt is after now becomes due at now. Returns how
+  // many recipients were rescheduled.
+  Result<std::size_t> make_due(TimePoint now);
 
   // Records the outcome of one delivery attempt to every recipient of message
   // id with that address: counts the attempt and sets status, last_error and

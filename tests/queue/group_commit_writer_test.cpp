@@ -5,6 +5,7 @@
 #include <latch>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -245,6 +246,174 @@ TEST(GroupCommitWriter, ABadMessageFailsAloneInItsBatch) {
   ASSERT_TRUE(records);
   EXPECT_EQ(records->size(), 4u);  // X, M1, M2, M4
   EXPECT_EQ(writer.stats().messages, 4u);
+}
+
+AttemptRecord finished(std::string id, std::string address) {
+  return AttemptRecord{std::move(id), std::move(address), RecipientStatus::sent, "250 ok",
+                       std::nullopt};
+}
+
+TEST(GroupCommitWriter, MixedWritesShareACommitInTheOrderSubmitted) {
+  TempDirectory temp;
+  {
+    Store store = open_store(temp.path());
+    const NewMessage original = make_message("ORIG", {"gone@example.org", "ok@example.org"});
+    ASSERT_TRUE(store.insert({&original, 1}));
+  }
+  GroupCommitWriter writer(open_store(temp.path()));
+  Gate gate;
+  std::latch all_done(5);
+  std::atomic<int> failures{0};
+  auto done = [&](Result<void> result) {
+    failures += result ? 0 : 1;
+    all_done.count_down();
+  };
+  writer.submit(make_message("FIRST"), [&](Result<void> result) {
+    gate.wait();
+    done(std::move(result));
+  });
+  // Pending together: one transaction, in this order.
+  NewMessage bounce = make_message("BOUNCE", {"sender@example.net"});
+  bounce.sender = "";
+  writer.submit(QueueWrite(std::move(bounce)), done);
+  writer.submit(QueueWrite(AttemptRecord{"ORIG", "gone@example.org", RecipientStatus::bounced,
+                                         "550 5.1.1 no such user", std::nullopt}),
+                done);
+  writer.submit(QueueWrite(finished("ORIG", "ok@example.org")), done);
+  // Its message was deleted meanwhile: skipped, and still a success.
+  writer.submit(QueueWrite(finished("DELETED", "x@example.org")), done);
+  gate.open();
+  all_done.wait();
+  writer.stop();
+
+  EXPECT_EQ(failures.load(), 0);
+  const auto stats = writer.stats();
+  EXPECT_LE(stats.commits, 2u);  // FIRST alone, or with some of the others
+  EXPECT_EQ(stats.messages, 2u);
+  EXPECT_EQ(stats.attempts, 3u);
+  Store store = open_store(temp.path());
+  auto records = store.list();
+  ASSERT_TRUE(records);
+  ASSERT_EQ(records->size(), 2u);
+  EXPECT_EQ(records->at(0).id, "BOUNCE");
+  EXPECT_EQ(records->at(1).id, "FIRST");
+}
+
+TEST(GroupCommitWriter, WritesSubmittedTogetherStandOrFallTogether) {
+  TempDirectory temp;
+  {
+    Store store = open_store(temp.path());
+    const std::vector<NewMessage> originals{make_message("O1", {"a@example.org"}),
+                                            make_message("O2", {"b@example.org"})};
+    ASSERT_TRUE(store.insert(originals));
+  }
+  GroupCommitWriter writer(open_store(temp.path()));
+  Gate gate;
+  std::mutex mutex;
+  std::map<std::string, bool> outcomes;
+  std::latch all_done(4);
+  auto record = [&](std::string label) {
+    return [&, label](Result<void> result) {
+      {
+        std::lock_guard lock(mutex);
+        outcomes[label] = result.has_value();
+      }
+      all_done.count_down();
+    };
+  };
+  writer.submit(make_message("FIRST"), [&, done = record("first")](Result<void> result) {
+    gate.wait();
+    done(std::move(result));
+  });
+  // A bounce whose attempt record is invalid (deferred without a next
+  // attempt): neither may be committed, and the batch fails because of it.
+  std::vector<QueueWrite> broken;
+  broken.emplace_back(make_message("B1", {"sender@example.net"}));
+  broken.emplace_back(
+      AttemptRecord{"O1", "a@example.org", RecipientStatus::deferred, "451", std::nullopt});
+  writer.submit_together(std::move(broken), record("broken"));
+  std::vector<QueueWrite> good;
+  good.emplace_back(make_message("B2", {"sender@example.net"}));
+  good.emplace_back(finished("O2", "b@example.org"));
+  writer.submit_together(std::move(good), record("good"));
+  writer.submit(make_message("LAST"), record("last"));
+  gate.open();
+  all_done.wait();
+  writer.stop();
+
+  const std::map<std::string, bool> expected{
+      {"first", true}, {"broken", false}, {"good", true}, {"last", true}};
+  EXPECT_EQ(outcomes, expected);
+  Store store = open_store(temp.path());
+  auto records = store.list();
+  ASSERT_TRUE(records);
+  std::vector<std::string> ids;
+  for (const auto& message : *records) {
+    ids.push_back(message.id);
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"B2", "FIRST", "LAST", "O1"}));
+  EXPECT_EQ(records->back().recipients.at(0).attempts, 0u);  // O1 untouched
+}
+
+TEST(GroupCommitWriter, ConcurrentDeliveriesAndArrivals) {
+  TempDirectory temp;
+  GroupCommitWriter writer(open_store(temp.path()), 16);
+  constexpr int threads = 6;
+  constexpr int per_thread = 40;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      for (int i = 0; i < per_thread; ++i) {
+        const std::string id = "M" + std::to_string(t) + "-" + std::to_string(1000 + i);
+        std::promise<Result<void>> queued;
+        writer.submit(make_message(id, {"a@example.org", "b@example.org"}),
+                      [&](Result<void> result) { queued.set_value(std::move(result)); });
+        if (!queued.get_future().get()) {
+          ++failures;
+          continue;
+        }
+        // Both outcomes of one delivery, each its own submission.
+        std::promise<void> first_done;
+        std::promise<void> second_done;
+        writer.submit(QueueWrite(finished(id, "a@example.org")), [&](Result<void> result) {
+          failures += result ? 0 : 1;
+          first_done.set_value();
+        });
+        writer.submit(QueueWrite(finished(id, "b@example.org")), [&](Result<void> result) {
+          failures += result ? 0 : 1;
+          second_done.set_value();
+        });
+        first_done.get_future().wait();
+        second_done.get_future().wait();
+      }
+    });
+  }
+  for (auto& worker : workers) {
+    worker.join();
+  }
+  writer.stop();
+  EXPECT_EQ(failures.load(), 0);
+  const auto stats = writer.stats();
+  EXPECT_EQ(stats.messages, static_cast<std::uint64_t>(threads * per_thread));
+  EXPECT_EQ(stats.attempts, static_cast<std::uint64_t>(2 * threads * per_thread));
+  Store store = open_store(temp.path());
+  auto records = store.list();
+  ASSERT_TRUE(records);
+  EXPECT_TRUE(records->empty());  // every message finished and removed
+}
+
+TEST(GroupCommitWriter, AnAttemptSubmittedAfterStopFailsAtOnce) {
+  TempDirectory temp;
+  GroupCommitWriter writer(open_store(temp.path()));
+  writer.stop();
+  std::optional<Result<void>> outcome;
+  writer.submit(QueueWrite(finished("LATE", "x@example.org")),
+                [&](Result<void> result) { outcome = std::move(result); });
+  ASSERT_TRUE(outcome.has_value());
+  ASSERT_FALSE(outcome->has_value());
+  EXPECT_NE(outcome->error().find("x@example.org"), std::string::npos) << outcome->error();
+  EXPECT_NE(outcome->error().find("stopped"), std::string::npos) << outcome->error();
 }
 
 }  // namespace
