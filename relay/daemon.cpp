@@ -8,15 +8,20 @@
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include "queue/group_commit_writer.hpp"
 #include "queue/queue_id.hpp"
 #include "queue/store.hpp"
+#include "relay/delivery.hpp"
 #include "relay/event_log.hpp"
 #include "relay/queue_sink.hpp"
 #include "smtp/server.hpp"
 #include "sts/policy_cache.hpp"
+#include "sts/policy_engine.hpp"
+#include "tls/client_context.hpp"
 #include "tls/server_context.hpp"
 
 namespace stsrelay::relay {
@@ -83,7 +88,21 @@ void reload(const std::filesystem::path& config_file) {
              {"log_level", to_string(config->log.level)}});
 }
 
+// Policies in use are fetched again before they expire (RFC 8461 §5.1).
+asio::awaitable<void> refresh_policies(sts::PolicyEngine& policies, asio::steady_timer& timer,
+                                       const bool& stopping) {
+  while (!stopping) {
+    timer.expires_after(std::chrono::minutes(5));
+    co_await timer.async_wait(use_tuple);
+    if (!stopping) {
+      co_await policies.refresh();
+    }
+  }
+}
+
 asio::awaitable<void> handle_signals(asio::signal_set& signals, smtp::Server& server,
+                                     DeliveryEngine& delivery, dns::Resolver& resolver,
+                                     asio::steady_timer& refresh_timer, bool& stopping,
                                      std::filesystem::path config_file) {
   for (;;) {
     auto [error, signal] = co_await signals.async_wait(use_tuple);
@@ -97,8 +116,14 @@ asio::awaitable<void> handle_signals(asio::signal_set& signals, smtp::Server& se
     log_event(spdlog::level::info, "stopping",
               {{"signal", std::string_view(signal == SIGTERM ? "SIGTERM" : "SIGINT")},
                {"sessions", static_cast<std::uint64_t>(server.active_sessions())}});
+    stopping = true;
+    refresh_timer.cancel();
     server.stop();
     co_await server.drained();
+    // Lookups still waiting end now; an attempt cut short that way is not
+    // counted, and the mail stays as it was in the queue.
+    resolver.cancel();
+    co_await delivery.stop();
     signals.cancel();
     co_return;
   }
@@ -142,9 +167,58 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
     }
     policies.emplace(std::move(loaded.cache));
   }
+  auto reader = queue::Store::open(config.queue.directory);
+  if (!reader) {
+    log_startup_failure("queue", reader.error());
+    return 1;
+  }
   queue::GroupCommitWriter writer(std::move(*store));
 
   asio::io_context io(1);
+  dns::ResolverOptions resolver_options;
+  for (const auto& server : config.dns.servers) {
+    resolver_options.servers.emplace_back(server.address, server.port);
+  }
+  resolver_options.timeout = config.dns.timeout;
+  auto resolver = dns::make_ares_resolver(io.get_executor(), resolver_options);
+  if (!resolver) {
+    log_startup_failure("dns", resolver.error());
+    return 1;
+  }
+  auto client_tls = tls::make_client_context(config.delivery.ca_file);
+  if (!client_tls) {
+    log_startup_failure("tls", client_tls.error());
+    return 2;
+  }
+  sts::FetchOptions fetch_options;
+  fetch_options.port = config.sts.policy_port;
+  fetch_options.timeout = config.sts.fetch_timeout;
+  fetch_options.max_size = config.sts.max_policy_size;
+  auto fetcher =
+      sts::make_https_policy_fetcher(io.get_executor(), **resolver, *client_tls, fetch_options);
+  std::optional<sts::PolicyEngine> policy_engine;
+  if (policies) {
+    sts::PolicyEngine::Options engine_options;
+    engine_options.on_cache_error = [](std::string_view error) {
+      log_event(spdlog::level::err, "sts_cache_write_failed", {{"error", error}});
+    };
+    policy_engine.emplace(**resolver, *fetcher, *policies, std::move(engine_options));
+  }
+
+  DeliverySettings delivery_settings;
+  delivery_settings.hostname = config.hostname;
+  delivery_settings.port = config.delivery.port;
+  delivery_settings.max_connections = config.delivery.max_connections;
+  delivery_settings.max_connections_per_domain = config.delivery.max_connections_per_domain;
+  delivery_settings.client.helo_name = config.effective_helo_name();
+  delivery_settings.client.connect_timeout = config.delivery.connect_timeout;
+  delivery_settings.client.command_timeout = config.delivery.command_timeout;
+  delivery_settings.client.tls_context = *client_tls;
+  delivery_settings.retry.retry_min = config.queue.retry_min;
+  delivery_settings.retry.retry_max = config.queue.retry_max;
+  delivery_settings.retry.max_age = config.queue.max_age;
+  DeliveryEngine delivery(io.get_executor(), std::move(delivery_settings), *reader, writer, ids,
+                          **resolver, policy_engine ? &*policy_engine : nullptr);
   smtp::ServerOptions options;
   for (const auto& address : config.listen.addresses) {
     options.endpoints.emplace_back(address.address, address.port);
@@ -165,7 +239,7 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   };
   options.tls = tls;
 
-  QueueSink sink(writer);
+  QueueSink sink(writer, [&delivery] { delivery.wake(); });
   LoggingObserver observer;
   smtp::Server server(io.get_executor(), std::move(options), sink, observer);
   if (auto listening = server.listen(); !listening) {
@@ -175,11 +249,21 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   server.start();
 
   asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
-  asio::co_spawn(io, handle_signals(signals, server, config_file), [](std::exception_ptr failure) {
+  bool stopping = false;
+  asio::steady_timer refresh_timer(io);
+  auto rethrow = [](std::exception_ptr failure) {
     if (failure) {
-      std::rethrow_exception(failure);  // a bug in shutdown: let it be seen
+      std::rethrow_exception(failure);  // a bug in delivery or shutdown: let it be seen
     }
-  });
+  };
+  asio::co_spawn(
+      io,
+      handle_signals(signals, server, delivery, **resolver, refresh_timer, stopping, config_file),
+      rethrow);
+  delivery.start();
+  if (policy_engine) {
+    asio::co_spawn(io, refresh_policies(*policy_engine, refresh_timer, stopping), rethrow);
+  }
 
   log_event(spdlog::level::info, "started",
             {{"version", std::string_view(STSRELAY_VERSION)},

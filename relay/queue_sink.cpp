@@ -12,12 +12,16 @@
 
 namespace stsrelay::relay {
 
-asio::awaitable<queue::Result<void>> submit_and_wait(queue::GroupCommitWriter& writer,
-                                                     queue::NewMessage message) {
+namespace {
+
+// Awaits one GroupCommitWriter submission: its completion, which runs on the
+// writer thread, is posted back to the coroutine's executor.
+template <typename Submit>
+asio::awaitable<queue::Result<void>> await_commit(Submit submit) {
   auto executor = co_await asio::this_coro::executor;
-  auto initiate = [&writer, executor](auto handler, queue::NewMessage message) {
+  auto initiate = [executor](auto handler, Submit submit) {
     auto shared_handler = std::make_shared<decltype(handler)>(std::move(handler));
-    writer.submit(std::move(message), [shared_handler, executor](queue::Result<void> result) {
+    submit([shared_handler, executor](queue::Result<void> result) {
       asio::post(executor, [shared_handler, result = std::move(result)]() mutable {
         (*shared_handler)(std::move(result));
       });
@@ -25,7 +29,31 @@ asio::awaitable<queue::Result<void>> submit_and_wait(queue::GroupCommitWriter& w
   };
   auto result =
       co_await asio::async_initiate<decltype(asio::use_awaitable), void(queue::Result<void>)>(
-          initiate, asio::use_awaitable, std::move(message));
+          initiate, asio::use_awaitable, std::move(submit));
+  co_return result;
+}
+
+}  // namespace
+
+asio::awaitable<queue::Result<void>> submit_and_wait(queue::GroupCommitWriter& writer,
+                                                     queue::NewMessage message) {
+  // g++ 12 mishandles a capturing lambda built inside a co_await expression:
+  // name it first.
+  auto submit = [&writer,
+                 message = std::move(message)](queue::GroupCommitWriter::Completion done) mutable {
+    writer.submit(std::move(message), std::move(done));
+  };
+  auto result = co_await await_commit(std::move(submit));
+  co_return result;
+}
+
+asio::awaitable<queue::Result<void>> submit_together_and_wait(
+    queue::GroupCommitWriter& writer, std::vector<queue::QueueWrite> writes) {
+  auto submit = [&writer,
+                 writes = std::move(writes)](queue::GroupCommitWriter::Completion done) mutable {
+    writer.submit_together(std::move(writes), std::move(done));
+  };
+  auto result = co_await await_commit(std::move(submit));
   co_return result;
 }
 
@@ -61,6 +89,9 @@ asio::awaitable<tl::expected<void, std::string>> QueueSink::store(smtp::Received
                {"size", size},
                {"error", std::string_view(committed.error())}});
     co_return tl::unexpected(std::string("Error: queue file write error"));
+  }
+  if (on_queued_) {
+    on_queued_();
   }
   // The queue id is also the id the client saw: "250 2.0.0 Ok: queued as <id>".
   log_event(spdlog::level::info, "queued",

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <functional>
+#include <vector>
+
 #include <asio/awaitable.hpp>
 #include <tl/expected.hpp>
 
@@ -13,17 +16,23 @@ namespace stsrelay::relay {
 // then logs the `queued` event.
 class QueueSink : public smtp::MessageSink {
  public:
-  explicit QueueSink(queue::GroupCommitWriter& writer) : writer_(writer) {}
+  // on_queued runs after each commit (the delivery engine wakes up).
+  QueueSink(queue::GroupCommitWriter& writer, std::function<void()> on_queued = {})
+      : writer_(writer), on_queued_(std::move(on_queued)) {}
 
   asio::awaitable<tl::expected<void, std::string>> store(smtp::ReceivedMessage message) override;
 
  private:
   queue::GroupCommitWriter& writer_;
+  std::function<void()> on_queued_;
 };
 
 // Awaits GroupCommitWriter::submit from a coroutine: the completion, which
 // runs on the writer thread, is posted back to the coroutine's executor.
 asio::awaitable<queue::Result<void>> submit_and_wait(queue::GroupCommitWriter& writer,
                                                      queue::NewMessage message);
+// The same for writes that commit all or none (GroupCommitWriter::submit_together).
+asio::awaitable<queue::Result<void>> submit_together_and_wait(
+    queue::GroupCommitWriter& writer, std::vector<queue::QueueWrite> writes);
 
 }  // namespace stsrelay::relay

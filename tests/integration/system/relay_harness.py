@@ -109,6 +109,12 @@ class Relay:
         self.all_events = []  # parsed JSON log lines of every process
         self._condition = threading.Condition()
         self._reader = None
+        # A resolver that never answers: the delivery engine's first attempt
+        # at each message waits on DNS for as long as a test runs, so the
+        # accepting side can be checked with the mail still queued. Tests of
+        # delivery override [dns] with a real (fake) server.
+        self._silent_dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._silent_dns.bind(("127.0.0.1", 0))
 
     # -- config -----------------------------------------------------------
 
@@ -121,6 +127,7 @@ class Relay:
             },
             "queue": {"directory": self.spool},
             "sts": {"cache_file": os.path.join(self.directory, "sts-cache")},
+            "dns": {"servers": ["127.0.0.1:%d" % self._silent_dns.getsockname()[1]], "timeout": "1h"},
             "log": {"format": "json"},
         }
         for key, value in self.overrides.items():
@@ -265,6 +272,7 @@ class Relay:
         finally:
             if self.process is not None:
                 self.process.stderr.close()
+            self._silent_dns.close()
             if self._tempdir is not None:
                 self._tempdir.cleanup()
 

@@ -1,0 +1,407 @@
+#include "relay/delivery.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+#include <asio/co_spawn.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "relay/dsn.hpp"
+#include "relay/event_log.hpp"
+#include "relay/queue_sink.hpp"
+#include "sts/mx_pattern.hpp"
+
+namespace stsrelay::relay {
+
+namespace {
+
+constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+
+std::string domain_of(std::string_view address) {
+  auto at = address.rfind('@');
+  std::string domain(at == std::string_view::npos ? std::string_view() : address.substr(at + 1));
+  return sts::normalize_domain(domain);
+}
+
+// What one attempt learnt on its way, for its log line.
+struct AttemptTrace {
+  std::string mx;
+  std::string ip;
+  std::string tls_version;
+  std::string tls_cipher;
+  std::string verification = "none";  // "valid", an RFC 8460 result type, or "none" (no TLS)
+  std::string policy_mode = "none";
+  std::string policy_id;
+};
+
+smtp::DeliveryStatus dns_status(smtp::Disposition disposition, std::string enhanced,
+                                std::string text) {
+  smtp::DeliveryStatus status;
+  status.disposition = disposition;
+  status.stage = smtp::Stage::dns;
+  status.enhanced = std::move(enhanced);
+  status.text = std::move(text);
+  return status;
+}
+
+}  // namespace
+
+DeliveryEngine::DeliveryEngine(asio::any_io_executor executor, DeliverySettings settings,
+                               queue::Store& reader, queue::GroupCommitWriter& writer,
+                               queue::QueueIdGenerator& ids, dns::Resolver& resolver,
+                               sts::PolicyEngine* policies, Clock clock)
+    : executor_(executor),
+      settings_(std::move(settings)),
+      reader_(reader),
+      writer_(writer),
+      ids_(ids),
+      resolver_(resolver),
+      policies_(policies),
+      clock_(std::move(clock)),
+      wakeup_(executor),
+      idle_(executor),
+      random_(std::random_device{}()) {
+  idle_.expires_at(asio::steady_timer::time_point::max());
+}
+
+void DeliveryEngine::start() {
+  asio::co_spawn(executor_, schedule(), [](std::exception_ptr failure) {
+    if (failure) {
+      std::rethrow_exception(failure);  // the scheduler dying silently would strand mail
+    }
+  });
+}
+
+void DeliveryEngine::wake() {
+  wakeup_.cancel();
+}
+
+void DeliveryEngine::flush() {
+  flush_requested_ = true;
+  wake();
+}
+
+asio::awaitable<void> DeliveryEngine::stop() {
+  stopping_ = true;
+  wake();
+  while (!in_flight_.empty()) {
+    co_await idle_.async_wait(use_tuple);
+  }
+}
+
+asio::awaitable<void> DeliveryEngine::schedule() {
+  while (!stopping_) {
+    start_due();
+    wakeup_.expires_after(settings_.poll_interval);
+    co_await wakeup_.async_wait(use_tuple);
+  }
+}
+
+void DeliveryEngine::start_due() {
+  const auto now = flush_requested_ ? queue::TimePoint::max() : clock_();
+  flush_requested_ = false;
+  auto due = reader_.due_recipients(now, settings_.batch_limit);
+  if (!due) {
+    log_event(spdlog::level::err, "queue_read_failed", {{"error", std::string_view(due.error())}});
+    return;
+  }
+  // One attempt per (message, domain): its recipients share MX hosts and a
+  // policy, and go in one transaction.
+  std::map<std::pair<std::string, std::string>, Group> groups;
+  for (auto& recipient : *due) {
+    std::string domain = domain_of(recipient.address);
+    auto key = std::pair{recipient.message_id, domain};
+    auto& group = groups[key];
+    group.message_id = recipient.message_id;
+    group.domain = domain;
+    group.recipients.push_back(std::move(recipient));
+  }
+  for (auto& [key, group] : groups) {
+    if (stopping_ || in_flight_.size() >= settings_.max_connections) {
+      return;
+    }
+    if (in_flight_.contains(key) ||
+        per_domain_[group.domain] >= settings_.max_connections_per_domain) {
+      continue;
+    }
+    in_flight_.insert(key);
+    ++per_domain_[group.domain];
+    asio::co_spawn(executor_, attempt(std::move(group)), [this, key](std::exception_ptr failure) {
+      in_flight_.erase(key);
+      if (--per_domain_[key.second] == 0) {
+        per_domain_.erase(key.second);
+      }
+      if (failure) {
+        try {
+          std::rethrow_exception(failure);
+        } catch (const std::exception& error) {
+          log_event(spdlog::level::err, "internal_error",
+                    {{"queue_id", std::string_view(key.first)}, {"error", error.what()}});
+        }
+      }
+      idle_.cancel();
+      wake();
+    });
+  }
+}
+
+asio::awaitable<void> DeliveryEngine::attempt(Group group) {
+  co_await attempt_group(group);
+}
+
+asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
+  auto content = reader_.content(group.message_id);
+  if (!content || !*content) {
+    co_return;  // deleted meanwhile (`queue delete`), or unreadable: the next pass says so
+  }
+  const auto& first = group.recipients.front();
+  smtp::Envelope envelope;
+  envelope.sender = first.sender;
+  envelope.size = first.size;
+  envelope.eight_bit_mime = first.eight_bit_mime;
+  envelope.smtputf8 = first.smtputf8;
+  for (const auto& recipient : group.recipients) {
+    envelope.recipients.push_back(recipient.address);
+  }
+
+  AttemptTrace trace;
+  auto fail_all = [&](smtp::DeliveryStatus status) {
+    return std::vector<smtp::DeliveryStatus>(group.recipients.size(), status);
+  };
+  std::vector<smtp::DeliveryStatus> outcome;
+
+  // Where to: the MX hosts, or the domain itself (RFC 5321 §5.1).
+  auto mx = co_await resolver_.mx(group.domain);
+  if (mx.status == dns::Status::cancelled) {
+    co_return;  // shutting down: not an attempt
+  }
+  std::vector<dns::MxHost> hosts;
+  if (mx.null_mx) {
+    outcome = fail_all(dns_status(smtp::Disposition::bounce, "5.1.10",
+                                  group.domain + " accepts no mail (null MX, RFC 7505)"));
+  } else if (mx.status == dns::Status::no_such_name) {
+    outcome = fail_all(dns_status(smtp::Disposition::bounce, "5.1.2",
+                                  "domain " + group.domain + " does not exist"));
+  } else if (mx.status == dns::Status::no_data) {
+    hosts.push_back({group.domain, 0});
+  } else if (mx.status != dns::Status::ok) {
+    outcome = fail_all(dns_status(
+        smtp::Disposition::defer, "4.4.3",
+        "MX lookup for " + group.domain + " failed: " + std::string(dns::to_string(mx.status))));
+  } else {
+    hosts = mx.hosts;
+  }
+
+  // What the domain demands (RFC 8461 §5).
+  std::optional<sts::CachedPolicy> policy;
+  if (!hosts.empty() && policies_ != nullptr) {
+    auto discovery = co_await policies_->lookup(group.domain);
+    policy = discovery.policy;
+    if (discovery.problem) {
+      log_event(spdlog::level::warn, "sts_discovery",
+                {{"domain", std::string_view(group.domain)},
+                 {"result_type", std::string_view(discovery.problem->result_type)},
+                 {"detail", std::string_view(discovery.problem->detail)},
+                 {"cached_policy", discovery.policy.has_value()}});
+    }
+  }
+  const sts::Mode mode = policy ? policy->policy.mode : sts::Mode::none;
+  if (policy) {
+    trace.policy_mode = std::string(sts::to_string(mode));
+    trace.policy_id = policy->id;
+  }
+  const auto requirement = mode == sts::Mode::enforce ? smtp::TlsRequirement::validated
+                                                      : smtp::TlsRequirement::opportunistic;
+
+  smtp::DeliveryStatus last = dns_status(smtp::Disposition::defer, "4.4.1",
+                                         "no MX host of " + group.domain + " could be reached");
+  for (const auto& host : hosts) {
+    if (!outcome.empty()) {
+      break;
+    }
+    if (mode != sts::Mode::none && !sts::policy_lists_mx(policy->policy, host.name)) {
+      log_event(mode == sts::Mode::enforce ? spdlog::level::info : spdlog::level::warn,
+                "sts_mx_not_listed",
+                {{"queue_id", std::string_view(group.message_id)},
+                 {"domain", std::string_view(group.domain)},
+                 {"mx", std::string_view(host.name)},
+                 {"policy_mode", std::string_view(trace.policy_mode)},
+                 {"action", std::string_view(mode == sts::Mode::enforce ? "skipped" : "tried")}});
+      if (mode == sts::Mode::enforce) {
+        last = smtp::classify_local_failure(
+            smtp::Stage::policy,
+            host.name + " is not listed in the MTA-STS policy of " + group.domain, host.name,
+            "validation-failure");
+        continue;
+      }
+    }
+    auto addresses = co_await resolver_.addresses(host.name);
+    if (addresses.status != dns::Status::ok) {
+      last = smtp::classify_local_failure(
+          smtp::Stage::dns,
+          "cannot resolve " + host.name + ": " + std::string(dns::to_string(addresses.status)),
+          host.name);
+      continue;
+    }
+    for (const auto& address : addresses.addresses) {
+      trace.mx = host.name;
+      trace.ip = address.to_string();
+      auto connection = co_await smtp::SmtpConnection::open(host.name, address, settings_.port,
+                                                            requirement, settings_.client);
+      if (!connection) {
+        last = connection.error();
+        if (!last.tls_result.empty()) {
+          trace.verification = last.tls_result;
+        }
+        continue;
+      }
+      const auto& tls = (*connection)->tls();
+      trace.tls_version = tls.version;
+      trace.tls_cipher = tls.cipher;
+      trace.verification = tls.used ? std::string(tls::rfc8460_result_type(tls.certificate.verdict))
+                                    : std::string("starttls-not-supported");
+      if (mode == sts::Mode::testing && trace.verification != "valid") {
+        // Testing mode: report what enforce would have refused, deliver anyway.
+        log_event(spdlog::level::warn, "sts_testing_failure",
+                  {{"queue_id", std::string_view(group.message_id)},
+                   {"domain", std::string_view(group.domain)},
+                   {"mx", std::string_view(host.name)},
+                   {"result_type", std::string_view(trace.verification)}});
+      }
+      outcome = co_await (*connection)->send(envelope, **content);
+      co_await (*connection)->quit();
+      break;
+    }
+  }
+  if (outcome.empty()) {
+    // Every host failed: the recipients wait for another attempt. An enforce
+    // failure is never a bounce by itself (RFC 8461 §5.1).
+    last.disposition = smtp::Disposition::defer;
+    outcome = fail_all(last);
+  }
+
+  co_await record(group, outcome, **content);
+
+  // One line per attempt, with everything an operator asks about afterwards.
+  std::map<std::string, std::vector<std::string>> by_status;
+  std::map<std::string, std::string> reply_by_status;
+  const auto now = clock_();
+  for (std::size_t i = 0; i < outcome.size(); ++i) {
+    std::string status;
+    switch (outcome[i].disposition) {
+      case smtp::Disposition::delivered:
+        status = "sent";
+        break;
+      case smtp::Disposition::bounce:
+        status = "bounced";
+        break;
+      default:
+        status =
+            queue::bounce_instead_of_deferring(group.recipients[i].arrival, now, settings_.retry)
+                ? "bounced"
+                : "deferred";
+    }
+    by_status[status].push_back("<" + group.recipients[i].address + ">");
+    reply_by_status.emplace(status, outcome[i].diagnostic());
+  }
+  const auto delay =
+      std::chrono::duration_cast<std::chrono::seconds>(now - group.recipients.front().arrival)
+          .count();
+  for (const auto& [status, recipients] : by_status) {
+    log_event(status == "sent" ? spdlog::level::info : spdlog::level::warn, status,
+              {{"queue_id", std::string_view(group.message_id)},
+               {"recipients", recipients},
+               {"domain", std::string_view(group.domain)},
+               {"mx", std::string_view(trace.mx)},
+               {"ip", std::string_view(trace.ip)},
+               {"tls_version", std::string_view(trace.tls_version)},
+               {"tls_cipher", std::string_view(trace.tls_cipher)},
+               {"policy_mode", std::string_view(trace.policy_mode)},
+               {"policy_id", std::string_view(trace.policy_id)},
+               {"verification", std::string_view(trace.verification)},
+               {"reply", std::string_view(reply_by_status[status])},
+               {"attempts", static_cast<std::uint64_t>(group.recipients.front().attempts + 1)},
+               {"delay", static_cast<std::int64_t>(delay)}});
+  }
+}
+
+asio::awaitable<void> DeliveryEngine::record(const Group& group,
+                                             const std::vector<smtp::DeliveryStatus>& statuses,
+                                             const std::string& content) {
+  const auto now = clock_();
+  std::vector<queue::QueueWrite> writes;
+  std::vector<DsnRecipient> bounced;
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  for (std::size_t i = 0; i < statuses.size(); ++i) {
+    const auto& recipient = group.recipients[i];
+    const auto& status = statuses[i];
+    queue::AttemptRecord record;
+    record.message_id = group.message_id;
+    record.address = recipient.address;
+    record.last_error = status.diagnostic();
+    bool bounce = status.disposition == smtp::Disposition::bounce;
+    if (status.disposition == smtp::Disposition::delivered) {
+      record.status = queue::RecipientStatus::sent;
+      record.last_error.clear();
+    } else if (!bounce &&
+               queue::bounce_instead_of_deferring(recipient.arrival, now, settings_.retry)) {
+      bounce = true;
+    } else if (!bounce) {
+      record.status = queue::RecipientStatus::deferred;
+      record.next_attempt = queue::next_attempt_before_expiry(
+          recipient.arrival, now, recipient.attempts + 1, settings_.retry, unit(random_));
+    }
+    if (bounce) {
+      record.status = queue::RecipientStatus::bounced;
+      std::string enhanced = status.enhanced;
+      if (enhanced.empty() || enhanced[0] != '5') {
+        // Given up on after max_age: RFC 3463 4.4.7 "delivery time expired", made permanent.
+        enhanced = status.disposition == smtp::Disposition::bounce ? "5.0.0" : "5.4.7";
+      }
+      bounced.push_back({recipient.address, "failed", enhanced, status.remote_mta,
+                         status.disposition == smtp::Disposition::bounce
+                             ? status.diagnostic()
+                             : "delivery time expired; last error: " + status.diagnostic()});
+    }
+    writes.emplace_back(std::move(record));
+  }
+  const auto& first = group.recipients.front();
+  if (!bounced.empty() && needs_dsn(first.sender)) {
+    DsnInput dsn;
+    dsn.reporting_mta = settings_.hostname;
+    dsn.original_id = group.message_id;
+    dsn.original_sender = first.sender;
+    dsn.arrival = first.arrival;
+    dsn.now = now;
+    dsn.recipients = bounced;
+    dsn.original_content = content;
+    dsn.smtputf8 = first.smtputf8;
+    queue::NewMessage notice;
+    notice.id = ids_.next();
+    notice.arrival = now;
+    notice.sender = "";  // RFC 5321 §4.5.5: never bounce a bounce
+    notice.recipients = {first.sender};
+    notice.client_address = "127.0.0.1";
+    notice.helo = settings_.hostname;
+    notice.content = compose_dsn(dsn, notice.id);
+    notice.smtputf8 = dsn_is_global(dsn);
+    notice.eight_bit_mime = std::any_of(notice.content.begin(), notice.content.end(), [](char c) {
+      return static_cast<unsigned char>(c) >= 0x80;
+    });
+    log_event(spdlog::level::info, "bounce_queued",
+              {{"queue_id", std::string_view(notice.id)},
+               {"original_id", std::string_view(group.message_id)},
+               {"recipient", std::string_view(first.sender)}});
+    // The notice goes in before the records that may remove the original.
+    writes.insert(writes.begin(), std::move(notice));
+  }
+  auto committed = co_await submit_together_and_wait(writer_, std::move(writes));
+  if (!committed) {
+    log_event(spdlog::level::err, "queue_write_failed",
+              {{"queue_id", std::string_view(group.message_id)},
+               {"error", std::string_view(committed.error())}});
+  }
+}
+
+}  // namespace stsrelay::relay

@@ -1,0 +1,98 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/steady_timer.hpp>
+
+#include "dns/resolver.hpp"
+#include "queue/group_commit_writer.hpp"
+#include "queue/queue_id.hpp"
+#include "queue/retry_schedule.hpp"
+#include "queue/store.hpp"
+#include "smtp/client.hpp"
+#include "sts/policy_engine.hpp"
+
+namespace stsrelay::relay {
+
+struct DeliverySettings {
+  std::string hostname;  // the reporting MTA in bounces
+  std::uint16_t port = 25;
+  std::size_t max_connections = 200;
+  std::size_t max_connections_per_domain = 20;
+  smtp::ClientOptions client;
+  queue::RetrySettings retry;
+  // How often the queue is looked at when nothing wakes the engine.
+  std::chrono::milliseconds poll_interval{1000};
+  std::size_t batch_limit = 1000;  // due recipients read per pass
+};
+
+// Moves queued mail to the recipients' MX hosts: one attempt per (message,
+// recipient domain) at a time, within the connection limits; each attempt
+// resolves the MX hosts, consults the MTA-STS policy, tries the hosts in
+// preference order with the TLS the policy demands, records every
+// recipient's outcome through the group-committing writer (with a DSN to
+// the sender for bounces) and logs one line per attempt.
+class DeliveryEngine {
+ public:
+  using Clock = std::function<std::chrono::system_clock::time_point()>;
+
+  DeliveryEngine(
+      asio::any_io_executor executor, DeliverySettings settings, queue::Store& reader,
+      queue::GroupCommitWriter& writer, queue::QueueIdGenerator& ids, dns::Resolver& resolver,
+      sts::PolicyEngine* policies, Clock clock = [] { return std::chrono::system_clock::now(); });
+
+  void start();
+  // Look at the queue now (new mail arrived, an attempt finished).
+  void wake();
+  // Every deferred recipient is due now (`stsrelay queue flush`).
+  void flush();
+  // Stops starting attempts and waits for those in flight.
+  asio::awaitable<void> stop();
+
+  std::size_t attempts_in_flight() const { return in_flight_.size(); }
+
+ private:
+  struct Group {
+    std::string message_id;
+    std::string domain;
+    std::vector<queue::DueRecipient> recipients;
+  };
+
+  asio::awaitable<void> schedule();
+  void start_due();
+  asio::awaitable<void> attempt(Group group);
+  asio::awaitable<void> attempt_group(Group& group);
+  asio::awaitable<void> record(const Group& group,
+                               const std::vector<smtp::DeliveryStatus>& statuses,
+                               const std::string& content);
+
+  asio::any_io_executor executor_;
+  DeliverySettings settings_;
+  queue::Store& reader_;
+  queue::GroupCommitWriter& writer_;
+  queue::QueueIdGenerator& ids_;
+  dns::Resolver& resolver_;
+  sts::PolicyEngine* policies_;
+  Clock clock_;
+  asio::steady_timer wakeup_;
+  asio::steady_timer idle_;
+  std::set<std::pair<std::string, std::string>> in_flight_;  // (message id, domain)
+  std::map<std::string, std::size_t> per_domain_;
+  bool flush_requested_ = false;
+  bool stopping_ = false;
+  std::mt19937_64 random_;
+};
+
+}  // namespace stsrelay::relay
