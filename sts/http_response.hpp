@@ -100,7 +100,6 @@ class HttpResponseParser {
   Phase phase_ = Phase::status_line;
   HttpResponse response_;
   std::string line_;
-  bool line_complete_ = false;
   std::size_t header_bytes_ = 0;
   std::uint64_t remaining_ = 0;  // of the body or of the current chunk
   HttpParseError error_ = HttpParseError::truncated;
