@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "relay/config.hpp"
+#include "relay/control_socket.hpp"
 #include "relay/daemon.hpp"
 #include "relay/queue_commands.hpp"
 #include "relay/sts_check.hpp"
@@ -55,11 +56,6 @@ tl::expected<Config, int> load(const Arguments& arguments, std::ostream& err) {
     return tl::unexpected(exit_usage);
   }
   return std::move(*config);
-}
-
-int not_available(std::string_view command, std::string_view arrives_with, std::ostream& err) {
-  err << "stsrelay: " << command << ": not available yet: arrives with " << arrives_with << "\n";
-  return exit_failure;
 }
 
 }  // namespace
@@ -154,7 +150,14 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       return queue_release(*config, arguments.id, out, err);
     }
     if (*queue_flush) {
-      return not_available("queue flush", "the delivery engine", err);
+      auto reply = send_control_command(control_socket_path(config->queue.directory), "flush");
+      if (!reply || reply->rfind("ok", 0) != 0) {
+        err << "stsrelay: queue flush: " << (reply ? *reply : reply.error()) << "\n";
+        return exit_failure;
+      }
+      out << "flushed: " << reply->substr(std::min<std::size_t>(3, reply->size()))
+          << " recipients made due now\n";
+      return exit_ok;
     }
     if (*sts_check) {
       return relay::sts_check(*config, arguments.domain, arguments.json, !arguments.no_connect, out,

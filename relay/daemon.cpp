@@ -15,6 +15,7 @@
 #include "queue/group_commit_writer.hpp"
 #include "queue/queue_id.hpp"
 #include "queue/store.hpp"
+#include "relay/control_socket.hpp"
 #include "relay/delivery.hpp"
 #include "relay/event_log.hpp"
 #include "relay/queue_sink.hpp"
@@ -102,8 +103,8 @@ asio::awaitable<void> refresh_policies(sts::PolicyEngine& policies, asio::steady
 
 asio::awaitable<void> handle_signals(asio::signal_set& signals, smtp::Server& server,
                                      DeliveryEngine& delivery, dns::Resolver& resolver,
-                                     asio::steady_timer& refresh_timer, bool& stopping,
-                                     std::filesystem::path config_file) {
+                                     asio::steady_timer& refresh_timer, ControlSocket& control,
+                                     bool& stopping, std::filesystem::path config_file) {
   for (;;) {
     auto [error, signal] = co_await signals.async_wait(use_tuple);
     if (error) {
@@ -118,6 +119,7 @@ asio::awaitable<void> handle_signals(asio::signal_set& signals, smtp::Server& se
                {"sessions", static_cast<std::uint64_t>(server.active_sessions())}});
     stopping = true;
     refresh_timer.cancel();
+    control.close();
     server.stop();
     co_await server.drained();
     // Lookups still waiting end now; an attempt cut short that way is not
@@ -248,6 +250,25 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   }
   server.start();
 
+  ControlSocket control(
+      io.get_executor(), control_socket_path(config.queue.directory),
+      [&delivery](std::string_view command) -> std::string {
+        if (command == "ping") {
+          return "pong";
+        }
+        if (command == "flush") {
+          auto flushed = delivery.flush();
+          log_event(spdlog::level::info, "flush",
+                    {{"recipients", static_cast<std::uint64_t>(flushed ? *flushed : 0)}});
+          return flushed ? "ok " + std::to_string(*flushed) : "error " + flushed.error();
+        }
+        return "error unknown command";
+      });
+  if (auto listening = control.listen(); !listening) {
+    log_startup_failure("control", listening.error());
+    return 1;
+  }
+
   asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
   bool stopping = false;
   asio::steady_timer refresh_timer(io);
@@ -256,10 +277,10 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
       std::rethrow_exception(failure);  // a bug in delivery or shutdown: let it be seen
     }
   };
-  asio::co_spawn(
-      io,
-      handle_signals(signals, server, delivery, **resolver, refresh_timer, stopping, config_file),
-      rethrow);
+  asio::co_spawn(io,
+                 handle_signals(signals, server, delivery, **resolver, refresh_timer, control,
+                                stopping, config_file),
+                 rethrow);
   delivery.start();
   if (policy_engine) {
     asio::co_spawn(io, refresh_policies(*policy_engine, refresh_timer, stopping), rethrow);

@@ -77,9 +77,13 @@ void DeliveryEngine::wake() {
   wakeup_.cancel();
 }
 
-void DeliveryEngine::flush() {
-  flush_requested_ = true;
+tl::expected<std::size_t, std::string> DeliveryEngine::flush() {
+  auto made_due = reader_.make_due(clock_());
   wake();
+  if (!made_due) {
+    return tl::unexpected(made_due.error());
+  }
+  return *made_due;
 }
 
 asio::awaitable<void> DeliveryEngine::stop() {
@@ -99,8 +103,7 @@ asio::awaitable<void> DeliveryEngine::schedule() {
 }
 
 void DeliveryEngine::start_due() {
-  const auto now = flush_requested_ ? queue::TimePoint::max() : clock_();
-  flush_requested_ = false;
+  const auto now = clock_();
   auto due = reader_.due_recipients(now, settings_.batch_limit);
   if (!due) {
     log_event(spdlog::level::err, "queue_read_failed", {{"error", std::string_view(due.error())}});

@@ -56,8 +56,9 @@ class DeliveryEngine {
   void start();
   // Look at the queue now (new mail arrived, an attempt finished).
   void wake();
-  // Every deferred recipient is due now (`stsrelay queue flush`).
-  void flush();
+  // Every deferred recipient is due now (`stsrelay queue flush`); returns
+  // how many recipients were waiting.
+  tl::expected<std::size_t, std::string> flush();
   // Stops starting attempts and waits for those in flight.
   asio::awaitable<void> stop();
 
@@ -90,7 +91,6 @@ class DeliveryEngine {
   asio::steady_timer idle_;
   std::set<std::pair<std::string, std::string>> in_flight_;  // (message id, domain)
   std::map<std::string, std::size_t> per_domain_;
-  bool flush_requested_ = false;
   bool stopping_ = false;
   std::mt19937_64 random_;
 };

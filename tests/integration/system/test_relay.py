@@ -599,6 +599,11 @@ class CommandLineTest(RelayTestCase):
         self.assertEqual(text.returncode, 0, text.stderr)
         self.assertIn(queue_id.encode(), text.stdout)
 
+        # The running daemon answers `queue flush` on its control socket.
+        flushed = relay.cli("queue", "flush")
+        self.assertEqual(flushed.returncode, 0, flushed.stderr)
+        self.assertIn(b"flushed:", flushed.stdout)
+
         result = relay.cli("queue", "hold", queue_id)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIs(held(queue_id), True)
