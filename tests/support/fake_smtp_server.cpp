@@ -199,6 +199,8 @@ struct FakeSmtpServer::Impl {
   std::vector<ScriptedRule> rules;
   std::vector<FakeSmtpSession> sessions;
   std::size_t accepted_messages = 0;
+  std::size_t open_sessions = 0;
+  std::size_t most_open_sessions = 0;
 
   std::thread thread;
 
@@ -322,7 +324,17 @@ struct FakeSmtpServer::Impl {
   }
 
   static asio::awaitable<void> serve(Impl* self, tcp::socket socket, std::size_t index) {
+    {
+      std::lock_guard lock(self->mutex);
+      self->most_open_sessions = std::max(self->most_open_sessions, ++self->open_sessions);
+    }
     co_await converse(self, socket, index);
+    {
+      // Counted as over before the socket closes: a client that saw the
+      // connection end must find it no longer open.
+      std::lock_guard lock(self->mutex);
+      --self->open_sessions;
+    }
     std::error_code ignored;
     socket.shutdown(tcp::socket::shutdown_both, ignored);
     socket.close(ignored);
@@ -544,6 +556,11 @@ void FakeSmtpServer::add_rule(FakeSmtpRule rule) {
 void FakeSmtpServer::clear_rules() {
   std::lock_guard lock(impl_->mutex);
   impl_->rules.clear();
+}
+
+std::size_t FakeSmtpServer::most_concurrent_connections() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->most_open_sessions;
 }
 
 std::vector<FakeSmtpSession> FakeSmtpServer::sessions() const {

@@ -110,6 +110,8 @@ class FakeSmtpServer {
 
   std::vector<FakeSmtpSession> sessions() const;
   std::size_t connections() const;
+  // The most connections that were open at the same time so far.
+  std::size_t most_concurrent_connections() const;
   // The messages of every session whose final dot got a 2xx, in order.
   std::vector<FakeSmtpMessage> messages() const;
   // Waits until that many messages were accepted (not a sleep: it returns
