@@ -18,6 +18,7 @@
 #include "relay/control_socket.hpp"
 #include "relay/delivery.hpp"
 #include "relay/event_log.hpp"
+#include "relay/outbound_clients.hpp"
 #include "relay/queue_sink.hpp"
 #include "smtp/server.hpp"
 #include "sts/policy_cache.hpp"
@@ -177,34 +178,19 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   queue::GroupCommitWriter writer(std::move(*store));
 
   asio::io_context io(1);
-  dns::ResolverOptions resolver_options;
-  for (const auto& server : config.dns.servers) {
-    resolver_options.servers.emplace_back(server.address, server.port);
+  auto outbound = make_outbound_clients(io.get_executor(), config);
+  if (!outbound) {
+    log_startup_failure(outbound.error().stage, outbound.error().message);
+    return outbound.error().exit_status;
   }
-  resolver_options.timeout = config.dns.timeout;
-  auto resolver = dns::make_ares_resolver(io.get_executor(), resolver_options);
-  if (!resolver) {
-    log_startup_failure("dns", resolver.error());
-    return 1;
-  }
-  auto client_tls = tls::make_client_context(config.delivery.ca_file);
-  if (!client_tls) {
-    log_startup_failure("tls", client_tls.error());
-    return 2;
-  }
-  sts::FetchOptions fetch_options;
-  fetch_options.port = config.sts.policy_port;
-  fetch_options.timeout = config.sts.fetch_timeout;
-  fetch_options.max_size = config.sts.max_policy_size;
-  auto fetcher =
-      sts::make_https_policy_fetcher(io.get_executor(), **resolver, *client_tls, fetch_options);
+  dns::Resolver& resolver = *outbound->resolver;
   std::optional<sts::PolicyEngine> policy_engine;
   if (policies) {
     sts::PolicyEngine::Options engine_options;
     engine_options.on_cache_error = [](std::string_view error) {
       log_event(spdlog::level::err, "sts_cache_write_failed", {{"error", error}});
     };
-    policy_engine.emplace(**resolver, *fetcher, *policies, std::move(engine_options));
+    policy_engine.emplace(resolver, *outbound->fetcher, *policies, std::move(engine_options));
   }
 
   DeliverySettings delivery_settings;
@@ -215,12 +201,12 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   delivery_settings.client.helo_name = config.effective_helo_name();
   delivery_settings.client.connect_timeout = config.delivery.connect_timeout;
   delivery_settings.client.command_timeout = config.delivery.command_timeout;
-  delivery_settings.client.tls_context = *client_tls;
+  delivery_settings.client.tls_context = outbound->tls_context;
   delivery_settings.retry.retry_min = config.queue.retry_min;
   delivery_settings.retry.retry_max = config.queue.retry_max;
   delivery_settings.retry.max_age = config.queue.max_age;
   DeliveryEngine delivery(io.get_executor(), std::move(delivery_settings), *reader, writer, ids,
-                          **resolver, policy_engine ? &*policy_engine : nullptr);
+                          resolver, policy_engine ? &*policy_engine : nullptr);
   smtp::ServerOptions options;
   for (const auto& address : config.listen.addresses) {
     options.endpoints.emplace_back(address.address, address.port);
@@ -278,7 +264,7 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
     }
   };
   asio::co_spawn(io,
-                 handle_signals(signals, server, delivery, **resolver, refresh_timer, control,
+                 handle_signals(signals, server, delivery, resolver, refresh_timer, control,
                                 stopping, config_file),
                  rethrow);
   delivery.start();

@@ -6,6 +6,7 @@
 #include <asio/io_context.hpp>
 #include <nlohmann/json.hpp>
 
+#include "relay/outbound_clients.hpp"
 #include "smtp/starttls_probe.hpp"
 #include "sts/mx_pattern.hpp"
 #include "sts/policy_engine.hpp"
@@ -279,30 +280,15 @@ std::string render_json(const StsCheckReport& report) {
 int sts_check(const Config& config, std::string_view domain, bool json, bool connect,
               std::ostream& out, std::ostream& err) {
   asio::io_context io(1);
-  dns::ResolverOptions resolver_options;
-  for (const auto& server : config.dns.servers) {
-    resolver_options.servers.emplace_back(server.address, server.port);
+  auto outbound = make_outbound_clients(io.get_executor(), config);
+  if (!outbound) {
+    err << "stsrelay: sts-check: " << outbound.error().stage << ": " << outbound.error().message
+        << "\n";
+    return outbound.error().exit_status;
   }
-  resolver_options.timeout = config.dns.timeout;
-  auto resolver = dns::make_ares_resolver(io.get_executor(), resolver_options);
-  if (!resolver) {
-    err << "stsrelay: sts-check: dns: " << resolver.error() << "\n";
-    return 1;
-  }
-  auto tls_context = tls::make_client_context(config.delivery.ca_file);
-  if (!tls_context) {
-    err << "stsrelay: sts-check: " << tls_context.error() << "\n";
-    return 2;
-  }
-  sts::FetchOptions fetch_options;
-  fetch_options.port = config.sts.policy_port;
-  fetch_options.timeout = config.sts.fetch_timeout;
-  fetch_options.max_size = config.sts.max_policy_size;
-  auto fetcher =
-      sts::make_https_policy_fetcher(io.get_executor(), **resolver, *tls_context, fetch_options);
 
-  StsCheckTools tools{**resolver, *fetcher, *tls_context, config.delivery.port,
-                      config.effective_helo_name(),
+  StsCheckTools tools{*outbound->resolver, *outbound->fetcher, outbound->tls_context,
+                      config.delivery.port, config.effective_helo_name(),
                       // A check is interactive: the whole SMTP probe of one
                       // host gets the connect timeout, not a delivery's patience.
                       config.delivery.connect_timeout};

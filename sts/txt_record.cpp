@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include "sts/quoted.hpp"
+
 namespace stsrelay::sts {
 
 namespace {
@@ -34,26 +36,8 @@ bool is_ext_value_char(char c) {
   return c >= '!' && c <= '~' && c != '=' && c != ';';
 }
 
-// A record or field as people can read it: non-printable bytes escaped, long
-// ones cut.
 std::string quoted(std::string_view text) {
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out = "\"";
-  for (std::size_t i = 0; i < text.size() && i < max_quoted_length; ++i) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    if (byte == '"' || byte == '\\') {
-      out += '\\';
-      out += static_cast<char>(byte);
-    } else if (byte >= 0x20 && byte < 0x7f) {
-      out += static_cast<char>(byte);
-    } else {
-      out += "\\x";
-      out += hex[byte >> 4];
-      out += hex[byte & 0xf];
-    }
-  }
-  out += text.size() > max_quoted_length ? "\"..." : "\"";
-  return out;
+  return sts::quoted(text, max_quoted_length);
 }
 
 // "Begins with v=STSv1" as a whole token: the version may be followed only by

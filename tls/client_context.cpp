@@ -1,24 +1,10 @@
 #include "tls/client_context.hpp"
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "tls/openssl_error.hpp"
+
 namespace stsrelay::tls {
-
-namespace {
-
-std::string openssl_reason(const std::error_code& error) {
-  unsigned long code = ERR_peek_last_error();
-  ERR_clear_error();
-  if (code == 0) {
-    return error.message();
-  }
-  char text[256];
-  ERR_error_string_n(code, text, sizeof text);
-  return text;
-}
-
-}  // namespace
 
 tl::expected<std::shared_ptr<asio::ssl::context>, std::string> make_client_context(
     const std::string& ca_file) {

@@ -1,24 +1,10 @@
 #include "tls/server_context.hpp"
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "tls/openssl_error.hpp"
+
 namespace stsrelay::tls {
-
-namespace {
-
-std::string openssl_reason(const std::error_code& error) {
-  unsigned long code = ERR_peek_last_error();
-  ERR_clear_error();
-  if (code == 0) {
-    return error.message();
-  }
-  char text[256];
-  ERR_error_string_n(code, text, sizeof text);
-  return text;
-}
-
-}  // namespace
 
 tl::expected<asio::ssl::context, std::string> make_server_context(const std::string& cert_file,
                                                                   const std::string& key_file) {
