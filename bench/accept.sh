@@ -31,6 +31,12 @@ sink_port=$(free_port)
 smtp-sink -u nobody -c "127.0.0.1:$sink_port" 1000 >/dev/null &
 pids="$pids $!"
 
+# A resolver that never answers keeps the delivery engine waiting on DNS, so
+# the run measures accepting and queueing alone.
+dns_port=$(free_port)
+/usr/bin/python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(("127.0.0.1",int(sys.argv[1]))); time.sleep(86400)' "$dns_port" &
+pids="$pids $!"
+
 relay_port=$(free_port)
 cat > "$work/relay.toml" <<TOML
 hostname = "relay.bench"
@@ -41,8 +47,11 @@ max_connections = 1000
 directory = "$work/spool"
 [sts]
 cache_file = "$work/sts-cache"
+[dns]
+servers = ["127.0.0.1:$dns_port"]
+timeout = "1h"
 [log]
-level = "warn"
+level = "info"
 format = "json"
 TOML
 "$relay" run --config "$work/relay.toml" 2>"$work/relay.log" &
@@ -59,4 +68,4 @@ for sessions in 1 50; do
 done
 kill -TERM "$relay_pid"
 wait "$relay_pid" || true
-grep -o '"messages_queued":[0-9]*,"commits":[0-9]*' "$work/relay.log" || tail -3 "$work/relay.log"
+grep -o '"event":"stopped".*' "$work/relay.log" || tail -3 "$work/relay.log"

@@ -45,6 +45,16 @@ smtp::DeliveryStatus dns_status(smtp::Disposition disposition, std::string enhan
   return status;
 }
 
+void log_discovery_problem(const std::string& domain, const sts::Discovery& discovery) {
+  if (discovery.problem) {
+    log_event(spdlog::level::warn, "sts_discovery",
+              {{"domain", std::string_view(domain)},
+               {"result_type", std::string_view(discovery.problem->result_type)},
+               {"detail", std::string_view(discovery.problem->detail)},
+               {"cached_policy", discovery.policy.has_value()}});
+  }
+}
+
 }  // namespace
 
 DeliveryEngine::DeliveryEngine(asio::any_io_executor executor, DeliverySettings settings,
@@ -95,10 +105,18 @@ asio::awaitable<void> DeliveryEngine::stop() {
 }
 
 asio::awaitable<void> DeliveryEngine::schedule() {
+  asio::steady_timer pace(executor_);
   while (!stopping_) {
-    start_due();
+    if (in_flight_.size() < settings_.max_connections) {
+      start_due();
+    }
     wakeup_.expires_after(settings_.poll_interval);
     co_await wakeup_.async_wait(use_tuple);
+    // A client streaming mail wakes the engine once per message: one pass
+    // per interval serves them all, and keeps the queue reads off the
+    // accepting sessions' backs.
+    pace.expires_after(settings_.min_scan_interval);
+    co_await pace.async_wait(use_tuple);
   }
 }
 
@@ -155,8 +173,22 @@ asio::awaitable<void> DeliveryEngine::attempt(Group group) {
 
 asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
   auto content = reader_.content(group.message_id);
-  if (!content || !*content) {
-    co_return;  // deleted meanwhile (`queue delete`), or unreadable: the next pass says so
+  if (content && !*content) {
+    co_return;  // deleted meanwhile (`queue delete`)
+  }
+  if (!content) {
+    // Recorded as a failed attempt, so that the recipients wait for their
+    // next retry instead of being picked again at once, over and over.
+    log_event(spdlog::level::err, "queue_read_failed",
+              {{"queue_id", std::string_view(group.message_id)},
+               {"error", std::string_view(content.error())}});
+    smtp::DeliveryStatus unreadable = smtp::classify_local_failure(
+        smtp::Stage::connect, "the queued message cannot be read: " + content.error(), "");
+    unreadable.disposition = smtp::Disposition::defer;
+    unreadable.enhanced = "4.3.0";
+    co_await record(group, std::vector<smtp::DeliveryStatus>(group.recipients.size(), unreadable),
+                    "");
+    co_return;
   }
   const auto& first = group.recipients.front();
   smtp::Envelope envelope;
@@ -200,87 +232,118 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
   std::optional<sts::CachedPolicy> policy;
   if (!hosts.empty() && policies_ != nullptr) {
     auto discovery = co_await policies_->lookup(group.domain);
+    log_discovery_problem(group.domain, discovery);
     policy = discovery.policy;
-    if (discovery.problem) {
-      log_event(spdlog::level::warn, "sts_discovery",
-                {{"domain", std::string_view(group.domain)},
-                 {"result_type", std::string_view(discovery.problem->result_type)},
-                 {"detail", std::string_view(discovery.problem->detail)},
-                 {"cached_policy", discovery.policy.has_value()}});
-    }
   }
-  const sts::Mode mode = policy ? policy->policy.mode : sts::Mode::none;
-  if (policy) {
-    trace.policy_mode = std::string(sts::to_string(mode));
-    trace.policy_id = policy->id;
-  }
-  const auto requirement = mode == sts::Mode::enforce ? smtp::TlsRequirement::validated
-                                                      : smtp::TlsRequirement::opportunistic;
 
   smtp::DeliveryStatus last = dns_status(smtp::Disposition::defer, "4.4.1",
                                          "no MX host of " + group.domain + " could be reached");
-  for (const auto& host : hosts) {
-    if (!outcome.empty()) {
-      break;
-    }
-    if (mode != sts::Mode::none && !sts::policy_lists_mx(policy->policy, host.name)) {
-      log_event(mode == sts::Mode::enforce ? spdlog::level::info : spdlog::level::warn,
-                "sts_mx_not_listed",
-                {{"queue_id", std::string_view(group.message_id)},
-                 {"domain", std::string_view(group.domain)},
-                 {"mx", std::string_view(host.name)},
-                 {"policy_mode", std::string_view(trace.policy_mode)},
-                 {"action", std::string_view(mode == sts::Mode::enforce ? "skipped" : "tried")}});
-      if (mode == sts::Mode::enforce) {
-        last = smtp::classify_local_failure(
-            smtp::Stage::policy,
-            host.name + " is not listed in the MTA-STS policy of " + group.domain, host.name,
-            "validation-failure");
-        continue;
+  sts::Mode mode = sts::Mode::none;
+  // Whether an MX host was refused because of the enforced policy (not
+  // listed, no STARTTLS, TLS or certificate not good enough).
+  bool refused_by_policy = false;
+  // The hosts are tried once with the policy in force and, when that policy
+  // refused them all and the recipients would now bounce, once more with a
+  // re-discovered policy.
+  for (bool rediscovered = false;;) {
+    mode = policy ? policy->policy.mode : sts::Mode::none;
+    trace.policy_mode = policy ? std::string(sts::to_string(mode)) : std::string("none");
+    trace.policy_id = policy ? policy->id : std::string();
+    const auto requirement = mode == sts::Mode::enforce ? smtp::TlsRequirement::validated
+                                                        : smtp::TlsRequirement::opportunistic;
+    for (const auto& host : hosts) {
+      if (!outcome.empty()) {
+        break;
       }
-    }
-    auto addresses = co_await resolver_.addresses(host.name);
-    if (addresses.status != dns::Status::ok) {
-      last = smtp::classify_local_failure(
-          smtp::Stage::dns,
-          "cannot resolve " + host.name + ": " + std::string(dns::to_string(addresses.status)),
-          host.name);
-      continue;
-    }
-    for (const auto& address : addresses.addresses) {
-      trace.mx = host.name;
-      trace.ip = address.to_string();
-      auto connection = co_await smtp::SmtpConnection::open(host.name, address, settings_.port,
-                                                            requirement, settings_.client);
-      if (!connection) {
-        last = connection.error();
-        if (!last.tls_result.empty()) {
-          trace.verification = last.tls_result;
-        }
-        continue;
-      }
-      const auto& tls = (*connection)->tls();
-      trace.tls_version = tls.version;
-      trace.tls_cipher = tls.cipher;
-      trace.verification = tls.used ? std::string(tls::rfc8460_result_type(tls.certificate.verdict))
-                                    : std::string("starttls-not-supported");
-      if (mode == sts::Mode::testing && trace.verification != "valid") {
-        // Testing mode: report what enforce would have refused, deliver anyway.
-        log_event(spdlog::level::warn, "sts_testing_failure",
+      if (mode != sts::Mode::none && !sts::policy_lists_mx(policy->policy, host.name)) {
+        log_event(mode == sts::Mode::enforce ? spdlog::level::info : spdlog::level::warn,
+                  "sts_mx_not_listed",
                   {{"queue_id", std::string_view(group.message_id)},
                    {"domain", std::string_view(group.domain)},
                    {"mx", std::string_view(host.name)},
-                   {"result_type", std::string_view(trace.verification)}});
+                   {"policy_mode", std::string_view(trace.policy_mode)},
+                   {"action", std::string_view(mode == sts::Mode::enforce ? "skipped" : "tried")}});
+        if (mode == sts::Mode::enforce) {
+          trace.mx = host.name;
+          trace.ip.clear();
+          trace.verification = "validation-failure";
+          last = smtp::classify_local_failure(
+              smtp::Stage::policy,
+              host.name + " is not listed in the MTA-STS policy of " + group.domain, host.name,
+              "validation-failure");
+          refused_by_policy = true;
+          continue;
+        }
       }
-      outcome = co_await (*connection)->send(envelope, **content);
-      co_await (*connection)->quit();
+      auto addresses = co_await resolver_.addresses(host.name);
+      if (addresses.status != dns::Status::ok) {
+        last = smtp::classify_local_failure(
+            smtp::Stage::dns,
+            "cannot resolve " + host.name + ": " + std::string(dns::to_string(addresses.status)),
+            host.name);
+        continue;
+      }
+      for (const auto& address : addresses.addresses) {
+        trace.mx = host.name;
+        trace.ip = address.to_string();
+        auto connection = co_await smtp::SmtpConnection::open(host.name, address, settings_.port,
+                                                              requirement, settings_.client);
+        if (!connection) {
+          last = connection.error();
+          if (!last.tls_result.empty()) {
+            trace.verification = last.tls_result;
+            refused_by_policy = refused_by_policy || mode == sts::Mode::enforce;
+          }
+          continue;
+        }
+        const auto& tls = (*connection)->tls();
+        trace.tls_version = tls.version;
+        trace.tls_cipher = tls.cipher;
+        trace.verification = tls.used
+                                 ? std::string(tls::rfc8460_result_type(tls.certificate.verdict))
+                                 : std::string("starttls-not-supported");
+        if (mode == sts::Mode::testing && trace.verification != "valid") {
+          // Testing mode: report what enforce would have refused, deliver anyway.
+          log_event(spdlog::level::warn, "sts_testing_failure",
+                    {{"queue_id", std::string_view(group.message_id)},
+                     {"domain", std::string_view(group.domain)},
+                     {"mx", std::string_view(host.name)},
+                     {"result_type", std::string_view(trace.verification)}});
+        }
+        outcome = co_await (*connection)->send(envelope, **content);
+        co_await (*connection)->quit();
+        break;
+      }
+    }
+    if (!outcome.empty() || !refused_by_policy || rediscovered || policies_ == nullptr ||
+        !queue::bounce_instead_of_deferring(first.arrival, clock_(), settings_.retry)) {
       break;
     }
+    // RFC 8461 §5.1: mail is not bounced for an enforce failure before the
+    // policy has been checked for an update; the hosts get one more chance
+    // under the policy found now.
+    log_event(spdlog::level::info, "sts_rediscovery",
+              {{"queue_id", std::string_view(group.message_id)},
+               {"domain", std::string_view(group.domain)},
+               {"policy_id", std::string_view(trace.policy_id)},
+               {"reason", std::string_view(last.diagnostic())}});
+    auto discovery = co_await policies_->rediscover(group.domain);
+    log_discovery_problem(group.domain, discovery);
+    policy = discovery.policy;
+    rediscovered = true;
+    refused_by_policy = false;
   }
   if (outcome.empty()) {
     // Every host failed: the recipients wait for another attempt. An enforce
     // failure is never a bounce by itself (RFC 8461 §5.1).
     last.disposition = smtp::Disposition::defer;
+    if (mode == sts::Mode::enforce &&
+        (!last.tls_result.empty() || last.stage == smtp::Stage::policy)) {
+      // The queue's last error and a bounce name the policy that refused the host.
+      last.text = "MTA-STS policy of " + group.domain + " (mode enforce, id " + trace.policy_id +
+                  ") refused " + (last.remote_mta.empty() ? group.domain : last.remote_mta) + ": " +
+                  (last.tls_result.empty() ? "" : last.tls_result + ": ") + last.text;
+    }
     outcome = fail_all(last);
   }
 

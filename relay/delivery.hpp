@@ -35,6 +35,8 @@ struct DeliverySettings {
   queue::RetrySettings retry;
   // How often the queue is looked at when nothing wakes the engine.
   std::chrono::milliseconds poll_interval{1000};
+  // The least time between two passes over the queue, however often woken.
+  std::chrono::milliseconds min_scan_interval{50};
   std::size_t batch_limit = 1000;  // due recipients read per pass
 };
 
