@@ -6,7 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "relay/config.hpp"
-#include "tests/relay/temp_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace stsrelay::relay {
 namespace {
@@ -24,7 +24,7 @@ Outcome cli(std::vector<std::string> args) {
   return {status, out.str(), err.str()};
 }
 
-class Cli : public testing::Test {
+class Cli : public ::testing::Test {
  protected:
   std::string write_config(const std::string& text) {
     const auto file = dir_.path() / ("config" + std::to_string(files_++) + ".toml");
@@ -35,7 +35,7 @@ class Cli : public testing::Test {
     return write_config("[queue]\ndirectory = \"" + (dir_.path() / "spool").string() + "\"\n");
   }
 
-  TempDir dir_;
+  testing::TempDir dir_;
   int files_ = 0;
 };
 
@@ -44,7 +44,7 @@ struct UsageCase {
   const char* err_contains;
 };
 
-class CliUsage : public testing::TestWithParam<UsageCase> {};
+class CliUsage : public ::testing::TestWithParam<UsageCase> {};
 
 TEST_P(CliUsage, ExitsTwoWithAMessage) {
   const auto result = cli(GetParam().args);
@@ -55,7 +55,7 @@ TEST_P(CliUsage, ExitsTwoWithAMessage) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, CliUsage,
-    testing::Values(
+    ::testing::Values(
         UsageCase{{}, "subcommand is required"}, UsageCase{{"bogus"}, "unknown command \"bogus\""},
         UsageCase{{"--bogus"}, "--bogus"}, UsageCase{{"run", "--bogus"}, "--bogus"},
         UsageCase{{"run", "extra"}, "extra"}, UsageCase{{"queue"}, "subcommand is required"},

@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include "tests/relay/temp_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace stsrelay::relay {
 namespace {
@@ -167,7 +167,7 @@ struct GoodValue {
   const char* description;
 };
 
-class ConfigAccepts : public testing::TestWithParam<GoodValue> {};
+class ConfigAccepts : public ::testing::TestWithParam<GoodValue> {};
 
 TEST_P(ConfigAccepts, BoundaryValues) {
   const auto parsed = parse_config(GetParam().toml);
@@ -176,25 +176,25 @@ TEST_P(ConfigAccepts, BoundaryValues) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, ConfigAccepts,
-    testing::Values(GoodValue{"hostname = \"localhost\"", "single label"},
-                    GoodValue{"hostname = \"a-b.c9.example\"", "hyphen and digits"},
-                    GoodValue{"hostname = \"MX1.Example.NET\"", "upper case"},
-                    GoodValue{"[listen]\nmax_message_size = 1024", "smallest size"},
-                    GoodValue{"[listen]\nmax_message_size = 1073741824", "largest size"},
-                    GoodValue{"[listen]\nmax_recipients = 1", "one recipient"},
-                    GoodValue{"[listen]\nmax_recipients = 100000", "most recipients"},
-                    GoodValue{"[listen]\nmax_connections = 1", "one connection"},
-                    GoodValue{"[listen]\nidle_timeout = \"1ms\"", "shortest duration"},
-                    GoodValue{"[listen]\nidle_timeout = \"365d\"", "longest duration"},
-                    GoodValue{"[listen]\ntls_cert = \"c\"\ntls_key = \"k\"", "both tls"},
-                    GoodValue{"[queue]\nretry_min = \"1h\"\nretry_max = \"1h\"", "equal retries"},
-                    GoodValue{"[delivery]\nport = 1", "port 1"},
-                    GoodValue{"[delivery]\nport = 65535", "port 65535"},
-                    GoodValue{"[delivery]\nhelo_name = \"\"", "helo from hostname"},
-                    GoodValue{"[sts]\npolicy_port = 65535", "policy port"},
-                    GoodValue{"[log]\nlevel = \"trace\"", "trace"},
-                    GoodValue{"[log]\nlevel = \"error\"", "error"},
-                    GoodValue{"[log]\nformat = \"text\"", "text"}));
+    ::testing::Values(GoodValue{"hostname = \"localhost\"", "single label"},
+                      GoodValue{"hostname = \"a-b.c9.example\"", "hyphen and digits"},
+                      GoodValue{"hostname = \"MX1.Example.NET\"", "upper case"},
+                      GoodValue{"[listen]\nmax_message_size = 1024", "smallest size"},
+                      GoodValue{"[listen]\nmax_message_size = 1073741824", "largest size"},
+                      GoodValue{"[listen]\nmax_recipients = 1", "one recipient"},
+                      GoodValue{"[listen]\nmax_recipients = 100000", "most recipients"},
+                      GoodValue{"[listen]\nmax_connections = 1", "one connection"},
+                      GoodValue{"[listen]\nidle_timeout = \"1ms\"", "shortest duration"},
+                      GoodValue{"[listen]\nidle_timeout = \"365d\"", "longest duration"},
+                      GoodValue{"[listen]\ntls_cert = \"c\"\ntls_key = \"k\"", "both tls"},
+                      GoodValue{"[queue]\nretry_min = \"1h\"\nretry_max = \"1h\"", "equal retries"},
+                      GoodValue{"[delivery]\nport = 1", "port 1"},
+                      GoodValue{"[delivery]\nport = 65535", "port 65535"},
+                      GoodValue{"[delivery]\nhelo_name = \"\"", "helo from hostname"},
+                      GoodValue{"[sts]\npolicy_port = 65535", "policy port"},
+                      GoodValue{"[log]\nlevel = \"trace\"", "trace"},
+                      GoodValue{"[log]\nlevel = \"error\"", "error"},
+                      GoodValue{"[log]\nformat = \"text\"", "text"}));
 
 struct BadValue {
   const char* toml;
@@ -202,7 +202,7 @@ struct BadValue {
   const char* reason_contains;
 };
 
-class ConfigRejects : public testing::TestWithParam<BadValue> {};
+class ConfigRejects : public ::testing::TestWithParam<BadValue> {};
 
 TEST_P(ConfigRejects, NamingTheKey) {
   const auto& c = GetParam();
@@ -217,7 +217,7 @@ TEST_P(ConfigRejects, NamingTheKey) {
 // Wrong types: one per key.
 INSTANTIATE_TEST_SUITE_P(
     WrongType, ConfigRejects,
-    testing::Values(
+    ::testing::Values(
         BadValue{"hostname = 5", "hostname", "expected a string"},
         BadValue{"listen = 5", "listen", "expected a table"},
         BadValue{"queue = \"x\"", "queue", "expected a table"},
@@ -273,7 +273,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Out of range or otherwise invalid values: at least one per key.
 INSTANTIATE_TEST_SUITE_P(
     OutOfRange, ConfigRejects,
-    testing::Values(
+    ::testing::Values(
         BadValue{"hostname = \"\"", "hostname", "not a domain name"},
         BadValue{"hostname = \"relay example\"", "hostname", "not a domain name"},
         BadValue{"hostname = \"under_score.example\"", "hostname", "not a domain name"},
@@ -355,7 +355,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Unknown keys: in each section, at the top, and whole unknown sections.
 INSTANTIATE_TEST_SUITE_P(
     UnknownKey, ConfigRejects,
-    testing::Values(
+    ::testing::Values(
         BadValue{"hostnme = \"x.example\"", "hostnme", "unknown key (did you mean hostname?)"},
         BadValue{"port = 25", "port", "unknown key"},
         BadValue{"[listner]\naddresses = []", "listner", "unknown section (did you mean listen?)"},
@@ -391,7 +391,7 @@ struct DurationCase {
   const char* formatted;
 };
 
-class Durations : public testing::TestWithParam<DurationCase> {};
+class Durations : public ::testing::TestWithParam<DurationCase> {};
 
 TEST_P(Durations, ParseAndFormatInTheLargestExactUnit) {
   const auto& c = GetParam();
@@ -404,13 +404,14 @@ TEST_P(Durations, ParseAndFormatInTheLargestExactUnit) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, Durations,
-    testing::Values(DurationCase{"30s", 30s, "30s"}, DurationCase{"5m", 5min, "5m"},
-                    DurationCase{"2h", 2h, "2h"}, DurationCase{"5d", std::chrono::days(5), "5d"},
-                    DurationCase{"250ms", 250ms, "250ms"}, DurationCase{"1500ms", 1500ms, "1500ms"},
-                    DurationCase{"60s", 1min, "1m"}, DurationCase{"90s", 90s, "90s"},
-                    DurationCase{"120m", 2h, "2h"}, DurationCase{"48h", std::chrono::days(2), "2d"},
-                    DurationCase{"1000ms", 1s, "1s"}, DurationCase{"0s", 0s, "0s"},
-                    DurationCase{"007s", 7s, "7s"}));
+    ::testing::Values(DurationCase{"30s", 30s, "30s"}, DurationCase{"5m", 5min, "5m"},
+                      DurationCase{"2h", 2h, "2h"}, DurationCase{"5d", std::chrono::days(5), "5d"},
+                      DurationCase{"250ms", 250ms, "250ms"},
+                      DurationCase{"1500ms", 1500ms, "1500ms"}, DurationCase{"60s", 1min, "1m"},
+                      DurationCase{"90s", 90s, "90s"}, DurationCase{"120m", 2h, "2h"},
+                      DurationCase{"48h", std::chrono::days(2), "2d"},
+                      DurationCase{"1000ms", 1s, "1s"}, DurationCase{"0s", 0s, "0s"},
+                      DurationCase{"007s", 7s, "7s"}));
 
 TEST(Durations, RejectsMalformed) {
   for (const char* text : {"", "s", "30", "30 s", " 30s", "30s ", "30S", "-1s", "+1s", "1.5h",
@@ -472,7 +473,7 @@ TEST(ConfigToToml, PrintsSectionsInSpecOrder) {
 }
 
 TEST(LoadConfig, ReadsTheGivenFile) {
-  TempDir dir;
+  testing::TempDir dir;
   const auto file = dir.path() / "stsrelay.toml";
   std::ofstream(file) << "[listen]\nmax_recipients = 3\n";
   const auto config = load_config(file);
@@ -482,7 +483,7 @@ TEST(LoadConfig, ReadsTheGivenFile) {
 }
 
 TEST(LoadConfig, AMissingExplicitFileIsAnError) {
-  TempDir dir;
+  testing::TempDir dir;
   const auto file = dir.path() / "absent.toml";
   const auto config = load_config(file);
   ASSERT_FALSE(config);
@@ -491,12 +492,12 @@ TEST(LoadConfig, AMissingExplicitFileIsAnError) {
 }
 
 TEST(LoadConfig, ADirectoryIsAnError) {
-  TempDir dir;
+  testing::TempDir dir;
   EXPECT_FALSE(load_config(dir.path()));
 }
 
 TEST(LoadConfig, ParseErrorsNameTheFile) {
-  TempDir dir;
+  testing::TempDir dir;
   const auto file = dir.path() / "bad.toml";
   std::ofstream(file) << "[listen\n";
   const auto config = load_config(file);

@@ -8,7 +8,7 @@
 
 #include "queue/store.hpp"
 #include "relay/cli.hpp"
-#include "tests/relay/temp_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace stsrelay::relay {
 namespace {
@@ -18,7 +18,7 @@ using namespace std::chrono_literals;
 // 2026-12-04T17:40:33Z
 const queue::TimePoint arrival = queue::TimePoint(std::chrono::seconds(1796406033));
 
-class QueueCommands : public testing::Test {
+class QueueCommands : public ::testing::Test {
  protected:
   QueueCommands() {
     config_ = parse_config("").value();
@@ -61,7 +61,7 @@ class QueueCommands : public testing::Test {
 
   static constexpr const char* first_id = "01K1TA4KPPHP";
   static constexpr const char* second_id = "01K1TA4KPPHQ";
-  TempDir dir_;
+  testing::TempDir dir_;
   Config config_;
 };
 
