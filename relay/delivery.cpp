@@ -76,7 +76,10 @@ DeliveryEngine::DeliveryEngine(asio::any_io_executor executor, DeliverySettings 
 }
 
 void DeliveryEngine::start() {
-  asio::co_spawn(executor_, schedule(), [](std::exception_ptr failure) {
+  scheduling_ = true;
+  asio::co_spawn(executor_, schedule(), [this](std::exception_ptr failure) {
+    scheduling_ = false;
+    idle_.cancel();
     if (failure) {
       std::rethrow_exception(failure);  // the scheduler dying silently would strand mail
     }
@@ -99,7 +102,9 @@ tl::expected<std::size_t, std::string> DeliveryEngine::flush() {
 asio::awaitable<void> DeliveryEngine::stop() {
   stopping_ = true;
   wake();
-  while (!in_flight_.empty()) {
+  // The scheduler too must have seen it: it may be between two passes, on a
+  // timer wake() does not cancel, and must not resume after the engine is gone.
+  while (!in_flight_.empty() || scheduling_) {
     co_await idle_.async_wait(use_tuple);
   }
 }

@@ -94,6 +94,7 @@ class DeliveryEngine {
   std::set<std::pair<std::string, std::string>> in_flight_;  // (message id, domain)
   std::map<std::string, std::size_t> per_domain_;
   bool stopping_ = false;
+  bool scheduling_ = false;  // the scheduler coroutine has not ended yet
   std::mt19937_64 random_;
 };
 
