@@ -1,6 +1,8 @@
 #include "smtp/server.hpp"
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <list>
 #include <optional>
 #include <utility>
@@ -291,8 +293,12 @@ asio::awaitable<void> refuse_client(tcp::socket accepted, std::string greeting) 
       std::string line = input.substr(0, newline);
       input.erase(0, newline + 1);
       ++commands;
+      // Verbs are case-insensitive (RFC 5321 §2.4): "Quit" is QUIT too.
       bool quit =
-          line.size() >= 4 && (line.compare(0, 4, "QUIT") == 0 || line.compare(0, 4, "quit") == 0);
+          line.size() >= 4 &&
+          std::equal(line.begin(), line.begin() + 4, "QUIT", [](char received, char expected) {
+            return std::toupper(static_cast<unsigned char>(received)) == expected;
+          });
       std::string reply = quit ? "221 2.0.0 Bye\r\n" : "503 5.7.1 Access denied\r\n";
       std::tie(error, written) =
           co_await asio::async_write(*socket, asio::buffer(reply), use_tuple);

@@ -182,7 +182,7 @@ TEST_F(ServerTest, RefusesClientsOutsideTheAllowedNetworksAtConnect) {
   EXPECT_EQ(greeting.first_line().rfind("5.7.1 ", 0), 0u) << greeting.first_line();
   auto mail = client.command("MAIL FROM:<a@b.test>");
   EXPECT_EQ(mail.code, 503);
-  EXPECT_EQ(client.command("QUIT").code, 221);
+  EXPECT_EQ(client.command("Quit").code, 221);  // verbs are case-insensitive
   EXPECT_TRUE(client.closed_by_server());
 
   auto store = queue::Store::open(temp_.path() / "spool");
