@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "queue/message.hpp"
+#include "queue/store.hpp"
 
 namespace stsrelay::queue::test_support {
 
@@ -53,6 +54,23 @@ inline NewMessage make_message(std::string id,
   message.helo = "client.example.net";
   message.content = std::move(content);
   return message;
+}
+
+// The store or the listing, or an exception that fails the test with the reason.
+inline Store open_store(const std::filesystem::path& directory) {
+  auto store = Store::open(directory);
+  if (!store) {
+    throw std::runtime_error(store.error());
+  }
+  return std::move(*store);
+}
+
+inline std::vector<MessageRecord> list(Store& store) {
+  auto records = store.list();
+  if (!records) {
+    throw std::runtime_error(records.error());
+  }
+  return std::move(*records);
 }
 
 }  // namespace stsrelay::queue::test_support

@@ -19,15 +19,8 @@ namespace stsrelay::queue {
 namespace {
 
 using test_support::make_message;
+using test_support::open_store;
 using test_support::TempDirectory;
-
-Store open_store(const std::filesystem::path& directory) {
-  auto store = Store::open(directory);
-  if (!store) {
-    throw std::runtime_error(store.error());
-  }
-  return std::move(*store);
-}
 
 // Holds the writer thread inside a completion until released, so that the
 // test knows which submissions are pending together. Released on destruction

@@ -13,24 +13,10 @@ namespace stsrelay::queue {
 namespace {
 
 using test_support::at_microseconds;
+using test_support::list;
 using test_support::make_message;
+using test_support::open_store;
 using test_support::TempDirectory;
-
-Store open_store(const std::filesystem::path& directory) {
-  auto store = Store::open(directory);
-  if (!store) {
-    throw std::runtime_error(store.error());
-  }
-  return std::move(*store);
-}
-
-std::vector<MessageRecord> list(Store& store) {
-  auto records = store.list();
-  if (!records) {
-    throw std::runtime_error(records.error());
-  }
-  return std::move(*records);
-}
 
 AttemptRecord attempt(std::string id, std::string address, RecipientStatus status,
                       std::string last_error = "",
