@@ -71,6 +71,7 @@ DeliveryEngine::DeliveryEngine(asio::any_io_executor executor, DeliverySettings 
       clock_(std::move(clock)),
       wakeup_(executor),
       idle_(executor),
+      connections_(executor, settings_.connection_cache),
       random_(std::random_device{}()) {
   idle_.expires_at(asio::steady_timer::time_point::max());
 }
@@ -107,6 +108,7 @@ asio::awaitable<void> DeliveryEngine::stop() {
   while (!in_flight_.empty() || scheduling_) {
     co_await idle_.async_wait(use_tuple);
   }
+  co_await connections_.close();
 }
 
 asio::awaitable<void> DeliveryEngine::schedule() {
@@ -280,45 +282,54 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
           continue;
         }
       }
-      auto addresses = co_await resolver_.addresses(host.name);
-      if (addresses.status != dns::Status::ok) {
-        last = smtp::classify_local_failure(
-            smtp::Stage::dns,
-            "cannot resolve " + host.name + ": " + std::string(dns::to_string(addresses.status)),
-            host.name);
-        continue;
-      }
-      for (const auto& address : addresses.addresses) {
-        trace.mx = host.name;
-        trace.ip = address.to_string();
-        auto connection = co_await smtp::SmtpConnection::open(host.name, address, settings_.port,
-                                                              requirement, settings_.client);
-        if (!connection) {
-          last = connection.error();
+      // A connection this host left idle, or a new one to one of its addresses.
+      std::unique_ptr<smtp::SmtpConnection> connection =
+          co_await connections_.take(host.name, requirement);
+      if (!connection) {
+        auto addresses = co_await resolver_.addresses(host.name);
+        if (addresses.status != dns::Status::ok) {
+          last = smtp::classify_local_failure(
+              smtp::Stage::dns,
+              "cannot resolve " + host.name + ": " + std::string(dns::to_string(addresses.status)),
+              host.name);
+          continue;
+        }
+        for (const auto& address : addresses.addresses) {
+          trace.mx = host.name;
+          trace.ip = address.to_string();
+          auto opened = co_await smtp::SmtpConnection::open(host.name, address, settings_.port,
+                                                            requirement, settings_.client);
+          if (opened) {
+            connection = std::move(*opened);
+            break;
+          }
+          last = opened.error();
           if (!last.tls_result.empty()) {
             trace.verification = last.tls_result;
             refused_by_policy = refused_by_policy || mode == sts::Mode::enforce;
           }
+        }
+        if (!connection) {
           continue;
         }
-        const auto& tls = (*connection)->tls();
-        trace.tls_version = tls.version;
-        trace.tls_cipher = tls.cipher;
-        trace.verification = tls.used
-                                 ? std::string(tls::rfc8460_result_type(tls.certificate.verdict))
-                                 : std::string("starttls-not-supported");
-        if (mode == sts::Mode::testing && trace.verification != "valid") {
-          // Testing mode: report what enforce would have refused, deliver anyway.
-          log_event(spdlog::level::warn, "sts_testing_failure",
-                    {{"queue_id", std::string_view(group.message_id)},
-                     {"domain", std::string_view(group.domain)},
-                     {"mx", std::string_view(host.name)},
-                     {"result_type", std::string_view(trace.verification)}});
-        }
-        outcome = co_await (*connection)->send(envelope, **content);
-        co_await (*connection)->quit();
-        break;
       }
+      trace.mx = host.name;
+      trace.ip = connection->address().to_string();
+      const auto& tls = connection->tls();
+      trace.tls_version = tls.version;
+      trace.tls_cipher = tls.cipher;
+      trace.verification = tls.used ? std::string(tls::rfc8460_result_type(tls.certificate.verdict))
+                                    : std::string("starttls-not-supported");
+      if (mode == sts::Mode::testing && trace.verification != "valid") {
+        // Testing mode: report what enforce would have refused, deliver anyway.
+        log_event(spdlog::level::warn, "sts_testing_failure",
+                  {{"queue_id", std::string_view(group.message_id)},
+                   {"domain", std::string_view(group.domain)},
+                   {"mx", std::string_view(host.name)},
+                   {"result_type", std::string_view(trace.verification)}});
+      }
+      outcome = co_await connection->send(envelope, **content);
+      co_await connections_.park(std::move(connection), requirement);
     }
     if (!outcome.empty() || !refused_by_policy || rediscovered || policies_ == nullptr ||
         !queue::bounce_instead_of_deferring(first.arrival, clock_(), settings_.retry)) {

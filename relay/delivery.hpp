@@ -22,6 +22,7 @@
 #include "queue/retry_schedule.hpp"
 #include "queue/store.hpp"
 #include "smtp/client.hpp"
+#include "smtp/connection_cache.hpp"
 #include "sts/policy_engine.hpp"
 
 namespace stsrelay::relay {
@@ -32,6 +33,9 @@ struct DeliverySettings {
   std::size_t max_connections = 200;
   std::size_t max_connections_per_domain = 20;
   smtp::ClientOptions client;
+  // Connections kept after a transaction for the next message to the same
+  // MX host; per_host follows max_connections_per_domain.
+  smtp::ConnectionCacheLimits connection_cache;
   queue::RetrySettings retry;
   // How often the queue is looked at when nothing wakes the engine.
   std::chrono::milliseconds poll_interval{1000};
@@ -61,10 +65,12 @@ class DeliveryEngine {
   // Every deferred recipient is due now (`stsrelay queue flush`); returns
   // how many recipients were waiting.
   tl::expected<std::size_t, std::string> flush();
-  // Stops starting attempts and waits for those in flight.
+  // Stops starting attempts, waits for those in flight and closes the
+  // connections kept for reuse.
   asio::awaitable<void> stop();
 
   std::size_t attempts_in_flight() const { return in_flight_.size(); }
+  std::size_t idle_connections() const { return connections_.parked(); }
 
  private:
   struct Group {
@@ -91,6 +97,7 @@ class DeliveryEngine {
   Clock clock_;
   asio::steady_timer wakeup_;
   asio::steady_timer idle_;
+  smtp::ConnectionCache connections_;
   std::set<std::pair<std::string, std::string>> in_flight_;  // (message id, domain)
   std::map<std::string, std::size_t> per_domain_;
   bool stopping_ = false;

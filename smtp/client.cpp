@@ -86,6 +86,7 @@ struct SmtpConnection::Impl {
   TlsOutcome tls;
   bool usable = false;
   std::string closed_reason;  // why usable is false, once it is
+  std::chrono::steady_clock::time_point opened_at = std::chrono::steady_clock::now();
   std::array<char, 16 * 1024> buffer{};
 
   // ---- deadlines -------------------------------------------------------
@@ -734,6 +735,18 @@ asio::awaitable<std::vector<DeliveryStatus>> SmtpConnection::send(const Envelope
 
 bool SmtpConnection::usable() const {
   return impl_->usable;
+}
+
+std::chrono::steady_clock::time_point SmtpConnection::opened_at() const {
+  return impl_->opened_at;
+}
+
+asio::awaitable<bool> SmtpConnection::reset() {
+  if (!impl_->usable) {
+    co_return false;
+  }
+  auto answered = co_await impl_->reset();
+  co_return answered.has_value() && impl_->usable;
 }
 
 asio::awaitable<void> SmtpConnection::quit() {

@@ -86,6 +86,10 @@ class SmtpConnection {
 
   // Whether another transaction can use this connection.
   bool usable() const;
+  std::chrono::steady_clock::time_point opened_at() const;
+  // RSET: whether the connection is still good for a transaction, e.g. after
+  // it sat idle and the server may have timed it out.
+  asio::awaitable<bool> reset();
   // QUIT and close; bounded by command_timeout.
   asio::awaitable<void> quit();
 

@@ -68,8 +68,8 @@ const std::string content =
 
 // The domains that publish MTA-STS policies in these tests: the policy
 // host's certificate names mta-sts.DOMAIN for each.
-const std::vector<std::string> policy_domains = {"b.test", "untrusted.test", "wrongname.test",
-                                                 "expired.test"};
+const std::vector<std::string> policy_domains = {"b.test", "c.test", "untrusted.test",
+                                                 "wrongname.test", "expired.test"};
 constexpr const char* policy_address = "127.0.0.1";
 // The sender's domain: bounces go to its MX, which takes them in plaintext.
 constexpr const char* sender_mx_name = "mx.a.test";
@@ -670,7 +670,9 @@ TEST_F(DeliveryTest, TemporaryFailureIsRetriedAndDeliveredOnce) {
   ASSERT_TRUE(wait_for_messages(mx_host(0), 1));
   ASSERT_TRUE(wait_until_gone(id));
   EXPECT_EQ(mx_host(0).messages().size(), 1u);
-  EXPECT_EQ(mx_host(0).connections(), 2u);
+  // The retry came at once (the clock is fake): over the idle connection,
+  // unless the machine was too slow for it to stay parked.
+  EXPECT_LE(mx_host(0).connections(), 2u);
   EXPECT_TRUE(sender_mx().messages().empty());
 }
 
@@ -953,24 +955,126 @@ TEST_F(DeliveryTest, MessageDeletedDuringItsAttempt) {
   ASSERT_TRUE(wait_until_gone(next));
 }
 
-// ---- 12. connection limits ----------------------------------------------------------------
+// ---- 12. connection reuse and limits ------------------------------------------------------
 
-TEST_F(DeliveryTest, OneConnectionPerDomainAtATime) {
+TEST_F(DeliveryTest, OneConnectionPerDomainAtATimeAndReusedForTheNextMessage) {
   dns_.add_mx("b.test", 10, "mx1.b.test");
   start_mx({mx("mx1.b.test", "127.0.0.21")});
   auto settings = default_settings();
   settings.max_connections_per_domain = 1;
+  settings.connection_cache.idle_limit = 1min;  // however slow the machine
   start_engine(settings);
 
   constexpr std::size_t count = 6;
-  std::vector<std::string> ids;
   for (std::size_t i = 0; i < count; ++i) {
-    ids.push_back(enqueue({"rcpt" + std::to_string(i) + "@b.test"}));
+    enqueue({"rcpt" + std::to_string(i) + "@b.test"});
   }
   ASSERT_TRUE(wait_for_messages(mx_host(0), count));
   ASSERT_TRUE(run_until([&] { return queued().empty(); }));
   EXPECT_EQ(mx_host(0).most_concurrent_connections(), 1u);
-  EXPECT_LE(mx_host(0).connections(), count);
+  EXPECT_EQ(mx_host(0).connections(), 1u) << "every message went over the first connection";
+  EXPECT_EQ(logged("sent", {"mx=mx1.b.test", "tls_version=TLSv1.3", "verification=valid"}).size(),
+            count)
+      << "a reused connection reports the TLS it was opened with";
+  EXPECT_EQ(engine_->idle_connections(), 1u);
+}
+
+TEST_F(DeliveryTest, IdleConnectionsAreClosedWithQuit) {
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  start_mx({mx("mx1.b.test", "127.0.0.21")});
+  auto settings = default_settings();
+  settings.connection_cache.idle_limit = 20ms;
+  start_engine(settings);
+
+  const std::string id = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(id));
+  ASSERT_TRUE(run_until([&] { return engine_->idle_connections() == 0; }));
+  ASSERT_TRUE(run_until([&] {
+    auto sessions = mx_host(0).sessions();
+    return !sessions.empty() && sessions.back().quit;
+  }));
+}
+
+TEST_F(DeliveryTest, StoppingTheEngineClosesIdleConnectionsWithQuit) {
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  start_mx({mx("mx1.b.test", "127.0.0.21")});
+  auto settings = default_settings();
+  settings.connection_cache.idle_limit = 1min;
+  start_engine(settings);
+
+  const std::string id = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(id));
+  EXPECT_EQ(engine_->idle_connections(), 1u);
+  stop_engine();
+  ASSERT_TRUE(run_until([&] {
+    auto sessions = mx_host(0).sessions();
+    return sessions.size() == 1 && sessions.back().quit;
+  }));
+}
+
+TEST_F(DeliveryTest, AnIdleConnectionTheServerDroppedIsReplacedByANewOne) {
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  auto host = mx("mx1.b.test", "127.0.0.21");
+  // The server times the idle session out: RSET finds it gone.
+  host.rules.push_back({.command = "RSET", .then = Then::close, .times = 1});
+  start_mx({host});
+  auto settings = default_settings();
+  settings.connection_cache.idle_limit = 1min;
+  start_engine(settings);
+
+  const std::string first = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(first));
+  const std::string second = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(second));
+  EXPECT_EQ(mx_host(0).messages().size(), 2u);
+  EXPECT_EQ(mx_host(0).connections(), 2u);
+  EXPECT_EQ(logged("sent", {"queue_id=" + second, "attempts=1"}).size(), 1u);
+}
+
+TEST_F(DeliveryTest, AConnectionOpenedWithoutAPolicyDoesNotServeAnEnforcedDomain) {
+  // Both domains use the same MX host; the first has no policy, the second
+  // enforces one: its message needs a connection validated for it.
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  dns_.add_mx("c.test", 10, "mx1.b.test");
+  publish_policy("c.test", "enforce", {"mx1.b.test"});
+  start_mx({mx("mx1.b.test", "127.0.0.21")});
+  auto settings = default_settings();
+  settings.connection_cache.idle_limit = 1min;
+  start_engine(settings);
+
+  const std::string plain = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(plain));
+  const std::string enforced = enqueue({"rcpt@c.test"});
+  ASSERT_TRUE(wait_until_gone(enforced));
+  EXPECT_EQ(mx_host(0).connections(), 2u);
+  EXPECT_EQ(engine_->idle_connections(), 2u);
+  EXPECT_EQ(
+      logged("sent", {"queue_id=" + enforced, "policy_mode=enforce", "verification=valid"}).size(),
+      1u);
+}
+
+TEST_F(DeliveryTest, TheOverallConnectionLimitHolds) {
+  // Four domains on one host whose RCPT hangs: without the limit, four
+  // sessions would wait at once.
+  auto host = mx("mx1.b.test", "127.0.0.21");
+  host.rules.push_back({.command = "RCPT", .then = Then::hang});
+  start_mx({host});
+  auto settings = default_settings();
+  settings.max_connections = 2;
+  settings.client.command_timeout = 300ms;
+  start_engine(settings);
+
+  std::vector<std::pair<std::string, std::string>> sent;  // (id, recipient)
+  for (const std::string domain : {"b.test", "c.test", "d.test", "e.test"}) {
+    dns_.add_mx(domain, 10, "mx1.b.test");
+    sent.emplace_back(enqueue({"rcpt@" + domain}), "rcpt@" + domain);
+  }
+  for (const auto& [id, recipient] : sent) {
+    auto record = wait_for_attempts(id, recipient);
+    ASSERT_TRUE(record);
+    EXPECT_EQ(record->status, RecipientStatus::deferred);
+  }
+  EXPECT_EQ(mx_host(0).most_concurrent_connections(), 2u);
 }
 
 TEST_F(DeliveryTest, ASlowDomainDoesNotHoldUpAnother) {
