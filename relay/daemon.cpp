@@ -20,6 +20,7 @@
 #include "relay/event_log.hpp"
 #include "relay/outbound_clients.hpp"
 #include "relay/queue_sink.hpp"
+#include "relay/tls_session_log.hpp"
 #include "smtp/server.hpp"
 #include "sts/policy_cache.hpp"
 #include "sts/policy_engine.hpp"
@@ -102,10 +103,25 @@ asio::awaitable<void> refresh_policies(sts::PolicyEngine& policies, asio::steady
   }
 }
 
+// The TLS session counts of each UTC day, logged when it ends (the rest at
+// shutdown).
+asio::awaitable<void> summarize_tls_sessions(DeliveryEngine& delivery, asio::steady_timer& timer,
+                                             const bool& stopping) {
+  while (!stopping) {
+    const auto now = std::chrono::system_clock::now();
+    timer.expires_after(end_of_utc_day(now) - now);
+    co_await timer.async_wait(use_tuple);
+    if (!stopping) {
+      log_tls_sessions(delivery.tls_sessions().take());
+    }
+  }
+}
+
 asio::awaitable<void> handle_signals(asio::signal_set& signals, smtp::Server& server,
                                      DeliveryEngine& delivery, dns::Resolver& resolver,
-                                     asio::steady_timer& refresh_timer, ControlSocket& control,
-                                     bool& stopping, std::filesystem::path config_file) {
+                                     std::vector<asio::steady_timer*> periodic_timers,
+                                     ControlSocket& control, bool& stopping,
+                                     std::filesystem::path config_file) {
   for (;;) {
     auto [error, signal] = co_await signals.async_wait(use_tuple);
     if (error) {
@@ -119,7 +135,9 @@ asio::awaitable<void> handle_signals(asio::signal_set& signals, smtp::Server& se
               {{"signal", std::string_view(signal == SIGTERM ? "SIGTERM" : "SIGINT")},
                {"sessions", static_cast<std::uint64_t>(server.active_sessions())}});
     stopping = true;
-    refresh_timer.cancel();
+    for (auto* timer : periodic_timers) {
+      timer->cancel();
+    }
     control.close();
     server.stop();
     co_await server.drained();
@@ -198,6 +216,7 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   delivery_settings.port = config.delivery.port;
   delivery_settings.max_connections = config.delivery.max_connections;
   delivery_settings.max_connections_per_domain = config.delivery.max_connections_per_domain;
+  delivery_settings.connection_cache.per_host = config.delivery.max_connections_per_domain;
   delivery_settings.client.helo_name = config.effective_helo_name();
   delivery_settings.client.connect_timeout = config.delivery.connect_timeout;
   delivery_settings.client.command_timeout = config.delivery.command_timeout;
@@ -258,16 +277,18 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
   bool stopping = false;
   asio::steady_timer refresh_timer(io);
+  asio::steady_timer summary_timer(io);
   auto rethrow = [](std::exception_ptr failure) {
     if (failure) {
       std::rethrow_exception(failure);  // a bug in delivery or shutdown: let it be seen
     }
   };
   asio::co_spawn(io,
-                 handle_signals(signals, server, delivery, resolver, refresh_timer, control,
-                                stopping, config_file),
+                 handle_signals(signals, server, delivery, resolver,
+                                {&refresh_timer, &summary_timer}, control, stopping, config_file),
                  rethrow);
   delivery.start();
+  asio::co_spawn(io, summarize_tls_sessions(delivery, summary_timer, stopping), rethrow);
   if (policy_engine) {
     asio::co_spawn(io, refresh_policies(*policy_engine, refresh_timer, stopping), rethrow);
   }
@@ -281,6 +302,7 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
              {"starttls", tls != nullptr}});
   io.run();
 
+  log_tls_sessions(delivery.tls_sessions().take());
   writer.stop();
   const auto stats = writer.stats();
   log_event(spdlog::level::info, "stopped",

@@ -45,13 +45,32 @@ smtp::DeliveryStatus dns_status(smtp::Disposition disposition, std::string enhan
   return status;
 }
 
-void log_discovery_problem(const std::string& domain, const sts::Discovery& discovery) {
-  if (discovery.problem) {
-    log_event(spdlog::level::warn, "sts_discovery",
-              {{"domain", std::string_view(domain)},
-               {"result_type", std::string_view(discovery.problem->result_type)},
-               {"detail", std::string_view(discovery.problem->detail)},
-               {"cached_policy", discovery.policy.has_value()}});
+sts::ReportedPolicy reported_policy(const std::string& domain,
+                                    const std::optional<sts::CachedPolicy>& policy) {
+  return {domain, policy ? "sts" : "no-policy-found", policy ? policy->id : ""};
+}
+
+// A new connection's TLS session, for reports. Under a policy that asks for
+// validation (enforce, testing) it succeeded when the certificate validated;
+// otherwise when TLS was used at all. A host the policy does not list was
+// counted as such already.
+void count_new_session(sts::TlsSessionCounts& counts, const smtp::SmtpConnection& connection,
+                       sts::Mode mode, bool listed, const sts::ReportedPolicy& policy) {
+  if (!listed) {
+    return;
+  }
+  const auto& tls = connection.tls();
+  std::string_view result = "valid";
+  if (!tls.used) {
+    result = tls.failure.empty() ? "starttls-not-supported" : "validation-failure";
+  } else if (mode != sts::Mode::none) {
+    result = tls::rfc8460_result_type(tls.certificate.verdict);
+  }
+  if (result == "valid") {
+    counts.succeeded(policy);
+  } else {
+    counts.failed(policy,
+                  {std::string(result), connection.host(), connection.address().to_string()});
   }
 }
 
@@ -239,7 +258,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
   std::optional<sts::CachedPolicy> policy;
   if (!hosts.empty() && policies_ != nullptr) {
     auto discovery = co_await policies_->lookup(group.domain);
-    log_discovery_problem(group.domain, discovery);
+    note_discovery(group.domain, discovery);
     policy = discovery.policy;
   }
 
@@ -262,7 +281,13 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
       if (!outcome.empty()) {
         break;
       }
-      if (mode != sts::Mode::none && !sts::policy_lists_mx(policy->policy, host.name)) {
+      // Under a policy every new TLS session is counted for reports: one
+      // failure for a host the policy does not list, else the session's result.
+      const bool listed =
+          mode == sts::Mode::none || sts::policy_lists_mx(policy->policy, host.name);
+      if (!listed) {
+        tls_sessions_.failed(reported_policy(group.domain, policy),
+                             {"validation-failure", host.name, ""});
         log_event(mode == sts::Mode::enforce ? spdlog::level::info : spdlog::level::warn,
                   "sts_mx_not_listed",
                   {{"queue_id", std::string_view(group.message_id)},
@@ -307,11 +332,17 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
           if (!last.tls_result.empty()) {
             trace.verification = last.tls_result;
             refused_by_policy = refused_by_policy || mode == sts::Mode::enforce;
+            if (listed) {
+              tls_sessions_.failed(reported_policy(group.domain, policy),
+                                   {last.tls_result, host.name, trace.ip});
+            }
           }
         }
         if (!connection) {
           continue;
         }
+        count_new_session(tls_sessions_, *connection, mode, listed,
+                          reported_policy(group.domain, policy));
       }
       trace.mx = host.name;
       trace.ip = connection->address().to_string();
@@ -344,7 +375,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
                {"policy_id", std::string_view(trace.policy_id)},
                {"reason", std::string_view(last.diagnostic())}});
     auto discovery = co_await policies_->rediscover(group.domain);
-    log_discovery_problem(group.domain, discovery);
+    note_discovery(group.domain, discovery);
     policy = discovery.policy;
     rediscovered = true;
     refused_by_policy = false;
@@ -406,6 +437,19 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
                {"attempts", static_cast<std::uint64_t>(group.recipients.front().attempts + 1)},
                {"delay", static_cast<std::int64_t>(delay)}});
   }
+}
+
+void DeliveryEngine::note_discovery(const std::string& domain, const sts::Discovery& discovery) {
+  if (!discovery.problem) {
+    return;
+  }
+  log_event(spdlog::level::warn, "sts_discovery",
+            {{"domain", std::string_view(domain)},
+             {"result_type", std::string_view(discovery.problem->result_type)},
+             {"detail", std::string_view(discovery.problem->detail)},
+             {"cached_policy", discovery.policy.has_value()}});
+  tls_sessions_.failed(reported_policy(domain, discovery.policy),
+                       {discovery.problem->result_type, "", ""});
 }
 
 asio::awaitable<void> DeliveryEngine::record(const Group& group,

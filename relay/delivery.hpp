@@ -24,6 +24,7 @@
 #include "smtp/client.hpp"
 #include "smtp/connection_cache.hpp"
 #include "sts/policy_engine.hpp"
+#include "sts/tls_session_counts.hpp"
 
 namespace stsrelay::relay {
 
@@ -71,6 +72,8 @@ class DeliveryEngine {
 
   std::size_t attempts_in_flight() const { return in_flight_.size(); }
   std::size_t idle_connections() const { return connections_.parked(); }
+  // The RFC 8460 tallies of the TLS sessions attempts made, per policy.
+  sts::TlsSessionCounts& tls_sessions() { return tls_sessions_; }
 
  private:
   struct Group {
@@ -83,6 +86,7 @@ class DeliveryEngine {
   void start_due();
   asio::awaitable<void> attempt(Group group);
   asio::awaitable<void> attempt_group(Group& group);
+  void note_discovery(const std::string& domain, const sts::Discovery& discovery);
   asio::awaitable<void> record(const Group& group,
                                const std::vector<smtp::DeliveryStatus>& statuses,
                                const std::string& content);
@@ -98,6 +102,7 @@ class DeliveryEngine {
   asio::steady_timer wakeup_;
   asio::steady_timer idle_;
   smtp::ConnectionCache connections_;
+  sts::TlsSessionCounts tls_sessions_;
   std::set<std::pair<std::string, std::string>> in_flight_;  // (message id, domain)
   std::map<std::string, std::size_t> per_domain_;
   bool stopping_ = false;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -31,6 +32,7 @@
 #include "sts/policy_cache.hpp"
 #include "sts/policy_engine.hpp"
 #include "sts/policy_fetcher.hpp"
+#include "sts/tls_session_counts.hpp"
 #include "tests/support/fake_dns_server.hpp"
 #include "tests/support/fake_https_server.hpp"
 #include "tests/support/fake_smtp_server.hpp"
@@ -141,6 +143,17 @@ class DeliveryTest : public ::testing::Test {
     }
     return found;
   }
+
+  // The RFC 8460 tally the engine keeps for one policy (an empty one when
+  // no session was counted for it).
+  sts::SessionTally tally(const std::string& domain, const std::string& type = "sts",
+                          const std::string& id = "20260101") const {
+    const auto& all = engine_->tls_sessions().tallies();
+    auto found = all.find({domain, type, type == "sts" ? id : ""});
+    return found == all.end() ? sts::SessionTally{} : found->second;
+  }
+
+  using Failures = std::map<sts::SessionFailure, std::uint64_t>;
 
   // ---- the world the engine delivers into ----------------------------------
 
@@ -432,6 +445,8 @@ TEST_F(DeliveryTest, EnforceWithValidCertificateDeliversOverTls) {
   EXPECT_EQ(sessions[0].ehlo_name, "relay.test");
   EXPECT_TRUE(queued().empty());
   EXPECT_EQ(policy_server_->requests().size(), 1u);
+  EXPECT_EQ(tally("b.test").successful, 1u);
+  EXPECT_EQ(tally("b.test").failed(), 0u);
   EXPECT_EQ(
       logged("sent", {"queue_id=" + id, "mx=mx1.b.test", "ip=127.0.0.21", "policy_mode=enforce",
                       "policy_id=20260101", "verification=valid", "tls_version=TLSv1."})
@@ -494,6 +509,10 @@ TEST_F(DeliveryTest, EnforceDefersWhenTlsIsNotGoodEnough) {
         logged("deferred", {"queue_id=" + ids[i], "verification=" + cases[i].reason[0]}).size(), 1u)
         << log_.str();
     EXPECT_GE(mx_host(i).connections(), 1u);
+    EXPECT_EQ(
+        tally(cases[i].domain).failures,
+        (Failures{{{cases[i].reason[0], mx_names[i], "127.0.0." + std::to_string(21 + i)}, 1}}));
+    EXPECT_EQ(tally(cases[i].domain).successful, 0u);
   }
   EXPECT_TRUE(sender_mx().messages().empty()) << "an enforce failure is no bounce by itself";
 }
@@ -582,6 +601,9 @@ TEST_F(DeliveryTest, EnforceNeverTriesAHostThePolicyDoesNotList) {
   }
   EXPECT_EQ(mx_host(0).connections(), 0u);
   EXPECT_EQ(mx_host(1).connections(), 0u);
+  EXPECT_EQ(tally("b.test").failures, (Failures{{{"validation-failure", "rogue.b.test", ""}, 1}}));
+  EXPECT_EQ(tally("untrusted.test").failures,
+            (Failures{{{"validation-failure", "untrusted.test", ""}, 1}}));
 }
 
 // ---- 6. testing: failures are reported, mail still goes ----------------------------
@@ -606,6 +628,9 @@ TEST_F(DeliveryTest, TestingModeDeliversDespiteABadCertificate) {
             1u)
       << log_.str();
   EXPECT_EQ(logged("sent", {"queue_id=" + id, "policy_mode=testing"}).size(), 1u);
+  EXPECT_EQ(tally("b.test").failures,
+            (Failures{{{"certificate-not-trusted", "mx1.b.test", "127.0.0.21"}, 1}}));
+  EXPECT_EQ(tally("b.test").successful, 0u);
 }
 
 // ---- 7. no policy: opportunistic TLS -----------------------------------------------
@@ -641,6 +666,37 @@ TEST_F(DeliveryTest, WithoutPolicyDeliversInPlaintextOrOverUnverifiedTls) {
                 .size(),
             1u)
       << log_.str();
+  // Without a policy a session succeeds when it is encrypted at all.
+  EXPECT_EQ(tally("plain.test", "no-policy-found").failures,
+            (Failures{{{"starttls-not-supported", "mx.plain.test", "127.0.0.21"}, 1}}));
+  EXPECT_EQ(tally("selfish.test", "no-policy-found").successful, 1u);
+  EXPECT_EQ(tally("selfish.test", "no-policy-found").failed(), 0u);
+}
+
+TEST_F(DeliveryTest, APolicyThatCannotBeFetchedIsReportedAndMailGoesAsWithoutOne) {
+  // The TXT record announces a policy the HTTPS host does not serve, and
+  // nothing is cached: RFC 8461 §5 says deliver as if there were no policy.
+  publish_policy("b.test", "enforce", {"mx1.b.test"});
+  FakeHttpsResponse missing;
+  missing.status = 404;
+  missing.body = "not here";
+  policy_server_->set_response(missing);
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  start_mx({mx("mx1.b.test", "127.0.0.21", Certificate::untrusted)});
+  start_engine();
+
+  const std::string id = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(id));
+  EXPECT_EQ(mx_host(0).messages().size(), 1u);
+  EXPECT_EQ(logged("sts_discovery",
+                   {"domain=b.test", "result_type=sts-policy-fetch-error", "cached_policy=false"})
+                .size(),
+            1u)
+      << log_.str();
+  EXPECT_EQ(logged("sent", {"queue_id=" + id, "policy_mode=none"}).size(), 1u);
+  EXPECT_EQ(tally("b.test", "no-policy-found").failures,
+            (Failures{{{"sts-policy-fetch-error", "", ""}, 1}}));
+  EXPECT_EQ(tally("b.test", "no-policy-found").successful, 1u);
 }
 
 // ---- 8. retries and per-recipient results ----------------------------------------------
