@@ -33,6 +33,15 @@ struct AttemptTrace {
   std::string verification = "none";  // "valid", an RFC 8460 result type, or "none" (no TLS)
   std::string policy_mode = "none";
   std::string policy_id;
+
+  // The log line describes the last host tried, nothing of an earlier one.
+  void trying(std::string host, std::string address) {
+    mx = std::move(host);
+    ip = std::move(address);
+    tls_version.clear();
+    tls_cipher.clear();
+    verification = "none";
+  }
 };
 
 smtp::DeliveryStatus dns_status(smtp::Disposition disposition, std::string enhanced,
@@ -296,8 +305,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
                    {"policy_mode", std::string_view(trace.policy_mode)},
                    {"action", std::string_view(mode == sts::Mode::enforce ? "skipped" : "tried")}});
         if (mode == sts::Mode::enforce) {
-          trace.mx = host.name;
-          trace.ip.clear();
+          trace.trying(host.name, "");
           trace.verification = "validation-failure";
           last = smtp::classify_local_failure(
               smtp::Stage::policy,
@@ -313,6 +321,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
       if (!connection) {
         auto addresses = co_await resolver_.addresses(host.name);
         if (addresses.status != dns::Status::ok) {
+          trace.trying(host.name, "");
           last = smtp::classify_local_failure(
               smtp::Stage::dns,
               "cannot resolve " + host.name + ": " + std::string(dns::to_string(addresses.status)),
@@ -320,8 +329,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
           continue;
         }
         for (const auto& address : addresses.addresses) {
-          trace.mx = host.name;
-          trace.ip = address.to_string();
+          trace.trying(host.name, address.to_string());
           auto opened = co_await smtp::SmtpConnection::open(host.name, address, settings_.port,
                                                             requirement, settings_.client);
           if (opened) {
@@ -344,8 +352,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
         count_new_session(tls_sessions_, *connection, mode, listed,
                           reported_policy(group.domain, policy));
       }
-      trace.mx = host.name;
-      trace.ip = connection->address().to_string();
+      trace.trying(host.name, connection->address().to_string());
       const auto& tls = connection->tls();
       trace.tls_version = tls.version;
       trace.tls_cipher = tls.cipher;
@@ -481,8 +488,14 @@ asio::awaitable<void> DeliveryEngine::record(const Group& group,
     if (bounce) {
       record.status = queue::RecipientStatus::bounced;
       std::string enhanced = status.enhanced;
-      if (enhanced.empty() || enhanced[0] != '5') {
-        // Given up on after max_age: RFC 3463 4.4.7 "delivery time expired", made permanent.
+      if (status.disposition != smtp::Disposition::bounce && enhanced.size() > 1 &&
+          enhanced[0] == '4') {
+        // Given up on after max_age: the last temporary failure made
+        // permanent, as Postfix does, so that the DSN keeps its reason
+        // (5.7.5 for a certificate an enforced policy refused).
+        enhanced[0] = '5';
+      } else if (enhanced.empty() || enhanced[0] != '5') {
+        // RFC 3463 X.4.7 "delivery time expired", made permanent.
         enhanced = status.disposition == smtp::Disposition::bounce ? "5.0.0" : "5.4.7";
       }
       bounced.push_back({recipient.address, "failed", enhanced, status.remote_mta,

@@ -816,6 +816,27 @@ TEST_F(DeliveryTest, FailingMxHostsAreSkippedForTheNextOne) {
   EXPECT_EQ(mx_host(1).messages().at(0).data, content);
 }
 
+TEST_F(DeliveryTest, TheAttemptLogDescribesTheLastHostTriedOnly) {
+  // The first host fails on its certificate, the second cannot be reached:
+  // the line must not report the first host's TLS as the second's.
+  publish_policy("b.test", "enforce", {"*.b.test"});
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  dns_.add_mx("b.test", 20, "down.b.test");
+  dns_.add_a("down.b.test", "127.0.0.29");
+  start_mx({mx("mx1.b.test", "127.0.0.21", Certificate::untrusted)});
+  start_engine();
+
+  const std::string id = enqueue({"rcpt@b.test"});
+  auto record = wait_for_attempts(id, "rcpt@b.test");
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->status, RecipientStatus::deferred);
+  EXPECT_EQ(logged("deferred", {"queue_id=" + id, "mx=down.b.test", "ip=127.0.0.29",
+                                "tls_version=\"\"", "verification=none"})
+                .size(),
+            1u)
+      << log_.str();
+}
+
 TEST_F(DeliveryTest, MessagesTheMxCannotTakeBounceWithoutBeingSent) {
   dns_.add_mx("b.test", 10, "mx1.b.test");
   auto host = mx("mx1.b.test", "127.0.0.21");
@@ -860,7 +881,7 @@ TEST_F(DeliveryTest, EnforceFailureBouncesAtMaxAgeAfterRediscovery) {
   auto bounce = wait_for_bounce();
   ASSERT_TRUE(bounce);
   EXPECT_TRUE(wait_until_gone(id));
-  expect_bounce_report(*bounce, "rcpt@b.test", "5.");
+  expect_bounce_report(*bounce, "rcpt@b.test", "5.7.5");  // the deferral's 4.7.5, made permanent
   EXPECT_NE(bounce->data.find("MTA-STS"), std::string::npos) << bounce->data;
   EXPECT_NE(bounce->data.find("certificate-not-trusted"), std::string::npos) << bounce->data;
   EXPECT_EQ(policy_server_->requests().size(), 2u) << "re-discovered before the bounce";
