@@ -15,17 +15,17 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import unittest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from peers import Peers, TestCa, free_port_on_all, policy_site, require_programs, site_root, write  # noqa: E402
+
 STSRELAY = None
-STARTUP_TIMEOUT = 10  # seconds for one peer to start listening
 COMMAND_TIMEOUT = 30
 
 POLICY_ADDRESS = "127.0.0.10"  # nginx: every mta-sts.* host
@@ -48,236 +48,22 @@ def policy(*mx):
     return "version: STSv1\nmode: enforce\n" + "".join("mx: %s\n" % name for name in mx) + "max_age: 86400\n"
 
 
-def free_port(address):
-    """A port free for both TCP and UDP on address (unbound needs both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((address, 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((address, port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no free TCP+UDP port on %s" % address)
-
-
-def free_port_on_all(addresses):
-    """One TCP port free on every address (the MX hosts share delivery.port)."""
-    for _ in range(50):
-        sockets = []
-        try:
-            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(first)
-            first.bind((addresses[0], 0))
-            port = first.getsockname()[1]
-            for address in addresses[1:]:
-                other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(other)
-                other.bind((address, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise AssertionError("no TCP port free on all of %s" % addresses)
-
-
-def run(command, **kwargs):
-    result = subprocess.run(command, capture_output=True, timeout=COMMAND_TIMEOUT, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError("%s failed (%d):\n%s%s" % (" ".join(command), result.returncode,
-                                                       result.stdout.decode(errors="replace"),
-                                                       result.stderr.decode(errors="replace")))
-    return result
-
-
-class TestCa:
-    """A test CA and its leaf certificates, made with the openssl command."""
-
-    def __init__(self, directory):
-        os.makedirs(directory)
-        self.directory = directory
-        self.serial = 1
-        self.cert = os.path.join(directory, "ca.pem")
-        self.key = os.path.join(directory, "ca.key")
-        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-subj", "/CN=stsrelay interop CA", "-days", "2",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-keyout", self.key, "-out", self.cert])
-
-    def next_serial(self):
-        self.serial += 1
-        return self.serial
-
-    def issue(self, stem, names):
-        key = os.path.join(self.directory, stem + ".key")
-        request = os.path.join(self.directory, stem + ".csr")
-        cert = os.path.join(self.directory, stem + ".crt")
-        extensions = os.path.join(self.directory, stem + ".ext")
-        with open(extensions, "w") as out:
-            out.write("basicConstraints=critical,CA:FALSE\n"
-                      "extendedKeyUsage=serverAuth\n"
-                      "subjectAltName=" + ",".join("DNS:" + name for name in names) + "\n")
-        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-subj", "/CN=" + names[0], "-keyout", key, "-out", request])
-        run(["openssl", "x509", "-req", "-in", request, "-CA", self.cert, "-CAkey", self.key,
-             "-set_serial", str(self.next_serial()), "-days", "1",
-             "-extfile", extensions, "-out", cert])
-        # Servers send the chain: leaf, then CA.
-        with open(cert, "a") as chain, open(self.cert) as ca:
-            chain.write(ca.read())
-        return cert, key
-
-
-class Peers:
-    """The real servers, started in order; stop() ends every one of them."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.processes = []  # (name, Popen, log path)
-
-    def start(self, name, command, address, port, protocol=socket.SOCK_STREAM):
-        log = os.path.join(self.directory, name + ".log")
-        with open(log, "wb") as out:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=self.directory, start_new_session=True)
-        self.processes.append((name, process, log))
-        self.wait_listening(name, process, log, address, port)
-
-    def wait_listening(self, name, process, log, address, port):
-        """Waits until the server accepts a TCP connection: it then has loaded its config."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise AssertionError("%s exited with %d before listening:\n%s" % (name, process.returncode,
-                                                                                 self.log_of(log)))
-            try:
-                with socket.create_connection((address, port), timeout=1):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("%s is not listening on %s:%d after %ds:\n%s"
-                                     % (name, address, port, STARTUP_TIMEOUT, self.log_of(log)))
-            time.sleep(0.05)  # polling a process we do not control; not a timing assumption
-
-    @staticmethod
-    def log_of(path):
-        try:
-            with open(path, "rb") as log:
-                return log.read()[-4000:].decode(errors="replace")
-        except OSError:
-            return "(no log)"
-
-    def check_alive(self):
-        for name, process, log in self.processes:
-            if process.poll() is not None:
-                raise AssertionError("%s died (%d):\n%s" % (name, process.returncode, self.log_of(log)))
-
-    def stop(self):
-        for _, process, _ in reversed(self.processes):
-            if process.poll() is None:
-                # The whole session: nginx's workers and whatever aiosmtpd spawned.
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for _, process, _ in reversed(self.processes):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        self.processes = []
-
-
-def write(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as out:
-        out.write(text)
-
-
-def unbound_config(directory, port):
+def zone_records():
     records = []
-
-    def add(record):
-        records.append("  local-data: '%s'" % record)
-
     for domain in DOMAINS:
-        add("mta-sts.%s. 300 IN A %s" % (domain, POLICY_ADDRESS))
-        add('_mta-sts.%s. 300 IN TXT "v=STSv1; id=20240101%s"' % (domain, domain.split(".")[0]))
-    add("%s. 300 IN MX 10 %s." % (VALID, MX1))
-    add("%s. 300 IN MX 20 %s." % (VALID, MX2))
+        records.append("mta-sts.%s. 300 IN A %s" % (domain, POLICY_ADDRESS))
+        records.append('_mta-sts.%s. 300 IN TXT "v=STSv1; id=20240101%s"' % (domain, domain.split(".")[0]))
+    records.append("%s. 300 IN MX 10 %s." % (VALID, MX1))
+    records.append("%s. 300 IN MX 20 %s." % (VALID, MX2))
     for domain in (HTML, MISSING):
-        add("%s. 300 IN MX 10 %s." % (domain, MX1))
-    add("%s. 300 IN MX 10 %s." % (NOT_LISTED, MX1))
-    add("%s. 300 IN MX 20 %s." % (NOT_LISTED, MX2))
-    add("%s. 300 IN A %s" % (MX1, MX1_ADDRESS))
-    add("%s. 300 IN A %s" % (MX2, MX2_ADDRESS))
+        records.append("%s. 300 IN MX 10 %s." % (domain, MX1))
+    records.append("%s. 300 IN MX 10 %s." % (NOT_LISTED, MX1))
+    records.append("%s. 300 IN MX 20 %s." % (NOT_LISTED, MX2))
+    records.append("%s. 300 IN A %s" % (MX1, MX1_ADDRESS))
+    records.append("%s. 300 IN A %s" % (MX2, MX2_ADDRESS))
     # An unrelated TXT record beside the STS one must not disturb discovery.
-    add('_mta-sts.%s. 300 IN TXT "v=spf1 -all"' % VALID)
-    return textwrap.dedent("""\
-        server:
-          interface: {address}
-          port: {port}
-          do-ip6: no
-          do-daemonize: no
-          username: ""
-          chroot: ""
-          directory: "{directory}"
-          pidfile: "{directory}/unbound.pid"
-          use-syslog: no
-          logfile: ""
-          verbosity: 1
-          module-config: "iterator"
-          access-control: 127.0.0.0/8 allow
-          local-zone: "test." static
-        """).format(address=DNS_ADDRESS, port=port, directory=directory) + "\n".join(records) + \
-        "\nremote-control:\n  control-enable: no\n"
-
-
-def nginx_config(directory, port, cert, key):
-    www = os.path.join(directory, "www")
-    servers = []
-    for domain, location in [
-        (VALID, "root %s/%s;" % (www, VALID)),
-        (NOT_LISTED, "root %s/%s;" % (www, NOT_LISTED)),
-        # Valid policy text, but nginx calls it HTML.
-        (HTML, "root %s/%s; types { } default_type text/html;" % (www, HTML)),
-        (MISSING, "return 404;"),
-    ]:
-        servers.append(textwrap.dedent("""\
-            server {{
-              listen {address}:{port} ssl;
-              server_name mta-sts.{domain};
-              location = /.well-known/mta-sts.txt {{ {location} }}
-              location / {{ return 404; }}
-            }}
-            """).format(address=POLICY_ADDRESS, port=port, domain=domain, location=location))
-    temp = os.path.join(directory, "nginx-temp")
-    return textwrap.dedent("""\
-        worker_processes 1;
-        user root;
-        pid {directory}/nginx.pid;
-        error_log {directory}/nginx-error.log info;
-        events {{ worker_connections 64; }}
-        http {{
-          access_log {directory}/nginx-access.log;
-          client_body_temp_path {temp}/body;
-          proxy_temp_path {temp}/proxy;
-          fastcgi_temp_path {temp}/fastcgi;
-          uwsgi_temp_path {temp}/uwsgi;
-          scgi_temp_path {temp}/scgi;
-          types {{ text/plain txt; text/html html; }}
-          default_type application/octet-stream;
-          ssl_certificate {cert};
-          ssl_certificate_key {key};
-          ssl_protocols TLSv1.2 TLSv1.3;
-        """).format(directory=directory, temp=temp, cert=cert, key=key) + "".join(servers) + "}\n"
+    records.append('_mta-sts.%s. 300 IN TXT "v=spf1 -all"' % VALID)
+    return records
 
 
 class StsCheckInterop(unittest.TestCase):
@@ -286,12 +72,7 @@ class StsCheckInterop(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        for program in ("unbound", "nginx", "openssl"):
-            if shutil.which(program) is None and not os.path.exists("/usr/sbin/" + program):
-                raise AssertionError("%s is not installed (see deploy/debian.sh test_packages)" % program)
-        probe = subprocess.run(["/usr/bin/python3", "-c", "import aiosmtpd"], capture_output=True)
-        if probe.returncode != 0:
-            raise AssertionError("python3-aiosmtpd is not installed:\n" + probe.stderr.decode(errors="replace"))
+        require_programs("unbound", "nginx", "openssl")
 
         cls.directory = tempfile.mkdtemp(prefix="stsrelay-sts-check-")
         os.chmod(cls.directory, 0o755)  # nginx workers read the policies
@@ -311,33 +92,21 @@ class StsCheckInterop(unittest.TestCase):
         mx1_cert, mx1_key = ca.issue("mx1", [MX1])
         mx2_cert, mx2_key = ca.issue("mx2", [MX2])
 
-        write(os.path.join(directory, "www", VALID, ".well-known", "mta-sts.txt"), policy(MX1, MX2))
-        write(os.path.join(directory, "www", HTML, ".well-known", "mta-sts.txt"), policy(MX1))
-        write(os.path.join(directory, "www", NOT_LISTED, ".well-known", "mta-sts.txt"), policy(MX1))
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            os.makedirs(os.path.join(directory, "nginx-temp", sub))
-
-        cls.dns_port = free_port(DNS_ADDRESS)
-        unbound_conf = os.path.join(directory, "unbound.conf")
-        write(unbound_conf, unbound_config(directory, cls.dns_port))
-        unbound = shutil.which("unbound") or "/usr/sbin/unbound"
-        cls.peers.start("unbound", [unbound, "-d", "-c", unbound_conf], DNS_ADDRESS, cls.dns_port)
-
-        cls.policy_port = free_port(POLICY_ADDRESS)
-        nginx_conf = os.path.join(directory, "nginx.conf")
-        write(nginx_conf, nginx_config(directory, cls.policy_port, policy_cert, policy_key))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        cls.peers.start("nginx", [nginx, "-p", directory, "-c", nginx_conf, "-e",
-                                  os.path.join(directory, "nginx-error.log"), "-g", "daemon off;"],
-                        POLICY_ADDRESS, cls.policy_port)
+        cls.dns_port = cls.peers.start_unbound(DNS_ADDRESS, zone_records())
+        sites = [
+            policy_site(directory, VALID, policy(MX1, MX2)),
+            policy_site(directory, NOT_LISTED, policy(MX1)),
+            # Valid policy text, but nginx calls it HTML.
+            policy_site(directory, HTML, policy(MX1),
+                        location="root %s; types { } default_type text/html;" % site_root(directory, HTML)),
+            policy_site(directory, MISSING, location="return 404;"),
+        ]
+        cls.policy_port = cls.peers.start_nginx(POLICY_ADDRESS, policy_cert, policy_key, sites)
 
         cls.mx_port = free_port_on_all([MX1_ADDRESS, MX2_ADDRESS])
         for name, address, cert, key in (("mx1", MX1_ADDRESS, mx1_cert, mx1_key),
                                          ("mx2", MX2_ADDRESS, mx2_cert, mx2_key)):
-            cls.peers.start("aiosmtpd-" + name,
-                            ["/usr/bin/python3", "-B", "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
-                             "-l", "%s:%d" % (address, cls.mx_port), "--tlscert", cert, "--tlskey", key],
-                            address, cls.mx_port)
+            cls.peers.start_aiosmtpd(name, address, cls.mx_port, cert, key)
 
         cls.config_file = os.path.join(directory, "stsrelay.toml")
         write(cls.config_file, textwrap.dedent("""\
