@@ -240,6 +240,11 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
     return std::vector<smtp::DeliveryStatus>(group.recipients.size(), status);
   };
   std::vector<smtp::DeliveryStatus> outcome;
+  // The connection that carried the transaction: parked (or QUIT) only once
+  // the outcome is committed, so that a slow QUIT does not widen the window
+  // in which a crash leads to a second delivery.
+  std::unique_ptr<smtp::SmtpConnection> used;
+  auto used_requirement = smtp::TlsRequirement::opportunistic;
 
   // Where to: the MX hosts, or the domain itself (RFC 5321 §5.1).
   auto mx = co_await resolver_.mx(group.domain);
@@ -367,7 +372,8 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
                    {"result_type", std::string_view(trace.verification)}});
       }
       outcome = co_await connection->send(envelope, **content);
-      co_await connections_.park(std::move(connection), requirement);
+      used = std::move(connection);
+      used_requirement = requirement;
     }
     if (!outcome.empty() || !refused_by_policy || rediscovered || policies_ == nullptr ||
         !queue::bounce_instead_of_deferring(first.arrival, clock_(), settings_.retry)) {
@@ -402,6 +408,9 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
   }
 
   co_await record(group, outcome, **content);
+  if (used) {
+    co_await connections_.park(std::move(used), used_requirement);
+  }
 
   // One line per attempt, with everything an operator asks about afterwards.
   std::map<std::string, std::vector<std::string>> by_status;
