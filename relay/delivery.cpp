@@ -98,6 +98,7 @@ DeliveryEngine::DeliveryEngine(asio::any_io_executor executor, DeliverySettings 
       policies_(policies),
       clock_(std::move(clock)),
       wakeup_(executor),
+      pace_(executor),
       idle_(executor),
       connections_(executor, settings_.connection_cache),
       random_(std::random_device{}()) {
@@ -131,8 +132,9 @@ tl::expected<std::size_t, std::string> DeliveryEngine::flush() {
 asio::awaitable<void> DeliveryEngine::stop() {
   stopping_ = true;
   wake();
-  // The scheduler too must have seen it: it may be between two passes, on a
-  // timer wake() does not cancel, and must not resume after the engine is gone.
+  // The scheduler too must have seen it: it may be between two passes,
+  // and must not resume after the engine is gone.
+  pace_.cancel();
   while (!in_flight_.empty() || scheduling_) {
     co_await idle_.async_wait(use_tuple);
   }
@@ -140,7 +142,6 @@ asio::awaitable<void> DeliveryEngine::stop() {
 }
 
 asio::awaitable<void> DeliveryEngine::schedule() {
-  asio::steady_timer pace(executor_);
   while (!stopping_) {
     if (in_flight_.size() < settings_.max_connections) {
       start_due();
@@ -150,8 +151,11 @@ asio::awaitable<void> DeliveryEngine::schedule() {
     // A client streaming mail wakes the engine once per message: one pass
     // per interval serves them all, and keeps the queue reads off the
     // accepting sessions' backs.
-    pace.expires_after(settings_.min_scan_interval);
-    co_await pace.async_wait(use_tuple);
+    if (stopping_) {
+      break;
+    }
+    pace_.expires_after(settings_.min_scan_interval);
+    co_await pace_.async_wait(use_tuple);
   }
 }
 
@@ -173,32 +177,77 @@ void DeliveryEngine::start_due() {
     group.domain = domain;
     group.recipients.push_back(std::move(recipient));
   }
+  // What this pass cannot start for want of a connection slot waits, per
+  // domain, for an attempt to end: a busy domain then keeps its connections
+  // (and the idle ones kept for it) busy without waiting for the next pass.
+  // Each pass replaces the list, so nothing on it was attempted since it
+  // was read.
+  waiting_.clear();
   for (auto& [key, group] : groups) {
-    if (stopping_ || in_flight_.size() >= settings_.max_connections) {
+    if (stopping_) {
       return;
     }
-    if (in_flight_.contains(key) ||
-        per_domain_[group.domain] >= settings_.max_connections_per_domain) {
+    if (in_flight_.contains(key)) {
       continue;
     }
-    in_flight_.insert(key);
-    ++per_domain_[group.domain];
-    asio::co_spawn(executor_, attempt(std::move(group)), [this, key](std::exception_ptr failure) {
-      in_flight_.erase(key);
-      if (--per_domain_[key.second] == 0) {
-        per_domain_.erase(key.second);
+    if (!has_slot(group.domain)) {
+      waiting_[group.domain].push_back(std::move(group));
+      continue;
+    }
+    launch(std::move(group));
+  }
+}
+
+bool DeliveryEngine::has_slot(const std::string& domain) const {
+  if (in_flight_.size() >= settings_.max_connections) {
+    return false;
+  }
+  auto used = per_domain_.find(domain);
+  return used == per_domain_.end() || used->second < settings_.max_connections_per_domain;
+}
+
+void DeliveryEngine::launch(Group group) {
+  auto key = std::pair{group.message_id, group.domain};
+  in_flight_.insert(key);
+  ++per_domain_[group.domain];
+  asio::co_spawn(executor_, attempt(std::move(group)), [this, key](std::exception_ptr failure) {
+    in_flight_.erase(key);
+    if (--per_domain_[key.second] == 0) {
+      per_domain_.erase(key.second);
+    }
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::exception& error) {
+        log_event(spdlog::level::err, "internal_error",
+                  {{"queue_id", std::string_view(key.first)}, {"error", error.what()}});
       }
-      if (failure) {
-        try {
-          std::rethrow_exception(failure);
-        } catch (const std::exception& error) {
-          log_event(spdlog::level::err, "internal_error",
-                    {{"queue_id", std::string_view(key.first)}, {"error", error.what()}});
-        }
+    }
+    start_waiting(key.second);
+    idle_.cancel();
+    wake();
+  });
+}
+
+void DeliveryEngine::start_waiting(const std::string& freed_domain) {
+  // The domain whose attempt ended first: its next message can often take
+  // the connection just parked.
+  auto start_from = [this](std::map<std::string, std::deque<Group>>::iterator waiting) {
+    while (!stopping_ && !waiting->second.empty() && has_slot(waiting->first)) {
+      Group group = std::move(waiting->second.front());
+      waiting->second.pop_front();
+      if (!in_flight_.contains({group.message_id, group.domain})) {
+        launch(std::move(group));
       }
-      idle_.cancel();
-      wake();
-    });
+    }
+    return waiting->second.empty() ? waiting_.erase(waiting) : std::next(waiting);
+  };
+  if (auto freed = waiting_.find(freed_domain); freed != waiting_.end()) {
+    start_from(freed);
+  }
+  for (auto waiting = waiting_.begin();
+       waiting != waiting_.end() && in_flight_.size() < settings_.max_connections;) {
+    waiting = start_from(waiting);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -84,6 +85,9 @@ class DeliveryEngine {
 
   asio::awaitable<void> schedule();
   void start_due();
+  bool has_slot(const std::string& domain) const;
+  void launch(Group group);
+  void start_waiting(const std::string& freed_domain);
   asio::awaitable<void> attempt(Group group);
   asio::awaitable<void> attempt_group(Group& group);
   void note_discovery(const std::string& domain, const sts::Discovery& discovery);
@@ -100,11 +104,13 @@ class DeliveryEngine {
   sts::PolicyEngine* policies_;
   Clock clock_;
   asio::steady_timer wakeup_;
+  asio::steady_timer pace_;  // the least time between two passes
   asio::steady_timer idle_;
   smtp::ConnectionCache connections_;
   sts::TlsSessionCounts tls_sessions_;
   std::set<std::pair<std::string, std::string>> in_flight_;  // (message id, domain)
   std::map<std::string, std::size_t> per_domain_;
+  std::map<std::string, std::deque<Group>> waiting_;  // due, no slot yet; by domain
   bool stopping_ = false;
   bool scheduling_ = false;  // the scheduler coroutine has not ended yet
   std::mt19937_64 random_;

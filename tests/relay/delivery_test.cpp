@@ -324,6 +324,14 @@ class DeliveryTest : public ::testing::Test {
     message.client_address = "127.0.0.1";
     message.helo = "client.a.test";
     message.content = std::move(body);
+    if (!inspector_) {
+      // Before the engine starts: mail it finds waiting.
+      auto store = queue::Store::open(dir_.path() / "queue");
+      EXPECT_TRUE(store) << store.error();
+      auto inserted = store->insert(std::span(&message, 1));
+      EXPECT_TRUE(inserted) << inserted.error();
+      return message.id;
+    }
     auto inserted = inspector_->insert(std::span(&message, 1));
     EXPECT_TRUE(inserted) << inserted.error();
     engine_->wake();
@@ -1054,6 +1062,28 @@ TEST_F(DeliveryTest, OneConnectionPerDomainAtATimeAndReusedForTheNextMessage) {
             count)
       << "a reused connection reports the TLS it was opened with";
   EXPECT_EQ(engine_->idle_connections(), 1u);
+}
+
+TEST_F(DeliveryTest, ABusyDomainsMessagesFollowEachOtherWithoutWaitingForTheNextPass) {
+  // One pass at the start and none after: what that pass could not start
+  // for want of a slot starts as each attempt ends.
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  start_mx({mx("mx1.b.test", "127.0.0.21")});
+  constexpr std::size_t count = 5;
+  for (std::size_t i = 0; i < count; ++i) {
+    enqueue({"rcpt" + std::to_string(i) + "@b.test"});
+  }
+  auto settings = default_settings();
+  settings.max_connections_per_domain = 2;
+  settings.poll_interval = std::chrono::hours(1);
+  settings.min_scan_interval = std::chrono::hours(1);
+  settings.connection_cache.idle_limit = 1min;
+  start_engine(settings);
+
+  ASSERT_TRUE(wait_for_messages(mx_host(0), count));
+  ASSERT_TRUE(run_until([&] { return queued().empty(); }));
+  EXPECT_EQ(mx_host(0).most_concurrent_connections(), 2u);
+  EXPECT_EQ(mx_host(0).connections(), 2u) << "the two connections carried everything";
 }
 
 TEST_F(DeliveryTest, IdleConnectionsAreClosedWithQuit) {
