@@ -216,6 +216,14 @@ class DeliveryTest : public ::testing::Test {
 
   // ---- the engine ------------------------------------------------------------
 
+  // The defaults, with idle connections kept for `idle` (a minute: however
+  // slow the machine).
+  DeliverySettings keeping_idle_connections(std::chrono::milliseconds idle = 1min) const {
+    auto settings = default_settings();
+    settings.connection_cache.idle_limit = idle;
+    return settings;
+  }
+
   DeliverySettings default_settings() const {
     DeliverySettings settings;
     settings.hostname = "relay.test";
@@ -379,6 +387,21 @@ class DeliveryTest : public ::testing::Test {
 
   bool wait_for_messages(FakeSmtpServer& server, std::size_t count) {
     return run_until([&] { return server.messages().size() >= count; });
+  }
+
+  // Waits until the server has seen `sessions` sessions, the last ended by QUIT.
+  bool wait_for_quit(FakeSmtpServer& server, std::size_t sessions) {
+    return run_until([&] {
+      auto seen = server.sessions();
+      return seen.size() == sessions && seen.back().quit;
+    });
+  }
+
+  // `count` messages, one recipient each, to `domain`.
+  void enqueue_one_each(std::size_t count, const std::string& domain) {
+    for (std::size_t i = 0; i < count; ++i) {
+      enqueue({"rcpt" + std::to_string(i) + "@" + domain});
+    }
   }
 
   // Waits for the bounce the sender's MX received and returns it.
@@ -1045,15 +1068,12 @@ TEST_F(DeliveryTest, MessageDeletedDuringItsAttempt) {
 TEST_F(DeliveryTest, OneConnectionPerDomainAtATimeAndReusedForTheNextMessage) {
   dns_.add_mx("b.test", 10, "mx1.b.test");
   start_mx({mx("mx1.b.test", "127.0.0.21")});
-  auto settings = default_settings();
+  auto settings = keeping_idle_connections();
   settings.max_connections_per_domain = 1;
-  settings.connection_cache.idle_limit = 1min;  // however slow the machine
   start_engine(settings);
 
   constexpr std::size_t count = 6;
-  for (std::size_t i = 0; i < count; ++i) {
-    enqueue({"rcpt" + std::to_string(i) + "@b.test"});
-  }
+  enqueue_one_each(count, "b.test");
   ASSERT_TRUE(wait_for_messages(mx_host(0), count));
   ASSERT_TRUE(run_until([&] { return queued().empty(); }));
   EXPECT_EQ(mx_host(0).most_concurrent_connections(), 1u);
@@ -1070,14 +1090,11 @@ TEST_F(DeliveryTest, ABusyDomainsMessagesFollowEachOtherWithoutWaitingForTheNext
   dns_.add_mx("b.test", 10, "mx1.b.test");
   start_mx({mx("mx1.b.test", "127.0.0.21")});
   constexpr std::size_t count = 5;
-  for (std::size_t i = 0; i < count; ++i) {
-    enqueue({"rcpt" + std::to_string(i) + "@b.test"});
-  }
-  auto settings = default_settings();
+  enqueue_one_each(count, "b.test");
+  auto settings = keeping_idle_connections();
   settings.max_connections_per_domain = 2;
   settings.poll_interval = std::chrono::hours(1);
   settings.min_scan_interval = std::chrono::hours(1);
-  settings.connection_cache.idle_limit = 1min;
   start_engine(settings);
 
   ASSERT_TRUE(wait_for_messages(mx_host(0), count));
@@ -1089,34 +1106,24 @@ TEST_F(DeliveryTest, ABusyDomainsMessagesFollowEachOtherWithoutWaitingForTheNext
 TEST_F(DeliveryTest, IdleConnectionsAreClosedWithQuit) {
   dns_.add_mx("b.test", 10, "mx1.b.test");
   start_mx({mx("mx1.b.test", "127.0.0.21")});
-  auto settings = default_settings();
-  settings.connection_cache.idle_limit = 20ms;
-  start_engine(settings);
+  start_engine(keeping_idle_connections(20ms));
 
   const std::string id = enqueue({"rcpt@b.test"});
   ASSERT_TRUE(wait_until_gone(id));
   ASSERT_TRUE(run_until([&] { return engine_->idle_connections() == 0; }));
-  ASSERT_TRUE(run_until([&] {
-    auto sessions = mx_host(0).sessions();
-    return !sessions.empty() && sessions.back().quit;
-  }));
+  ASSERT_TRUE(wait_for_quit(mx_host(0), 1));
 }
 
 TEST_F(DeliveryTest, StoppingTheEngineClosesIdleConnectionsWithQuit) {
   dns_.add_mx("b.test", 10, "mx1.b.test");
   start_mx({mx("mx1.b.test", "127.0.0.21")});
-  auto settings = default_settings();
-  settings.connection_cache.idle_limit = 1min;
-  start_engine(settings);
+  start_engine(keeping_idle_connections());
 
   const std::string id = enqueue({"rcpt@b.test"});
   ASSERT_TRUE(wait_until_gone(id));
   EXPECT_EQ(engine_->idle_connections(), 1u);
   stop_engine();
-  ASSERT_TRUE(run_until([&] {
-    auto sessions = mx_host(0).sessions();
-    return sessions.size() == 1 && sessions.back().quit;
-  }));
+  ASSERT_TRUE(wait_for_quit(mx_host(0), 1));
 }
 
 TEST_F(DeliveryTest, AnIdleConnectionTheServerDroppedIsReplacedByANewOne) {
@@ -1125,9 +1132,7 @@ TEST_F(DeliveryTest, AnIdleConnectionTheServerDroppedIsReplacedByANewOne) {
   // The server times the idle session out: RSET finds it gone.
   host.rules.push_back({.command = "RSET", .then = Then::close, .times = 1});
   start_mx({host});
-  auto settings = default_settings();
-  settings.connection_cache.idle_limit = 1min;
-  start_engine(settings);
+  start_engine(keeping_idle_connections());
 
   const std::string first = enqueue({"rcpt@b.test"});
   ASSERT_TRUE(wait_until_gone(first));
@@ -1145,9 +1150,7 @@ TEST_F(DeliveryTest, AConnectionOpenedWithoutAPolicyDoesNotServeAnEnforcedDomain
   dns_.add_mx("c.test", 10, "mx1.b.test");
   publish_policy("c.test", "enforce", {"mx1.b.test"});
   start_mx({mx("mx1.b.test", "127.0.0.21")});
-  auto settings = default_settings();
-  settings.connection_cache.idle_limit = 1min;
-  start_engine(settings);
+  start_engine(keeping_idle_connections());
 
   const std::string plain = enqueue({"rcpt@b.test"});
   ASSERT_TRUE(wait_until_gone(plain));
