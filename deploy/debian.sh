@@ -18,7 +18,7 @@ build_packages="build-essential cmake pkg-config clang-format
   libcli11-dev libexpected-dev ca-certificates"
 # swaks needs libnet-ssleay-perl for -tls (only a Recommends of swaks).
 test_packages="libgtest-dev libgmock-dev openssl swaks libnet-ssleay-perl python3 procps git
-  clang-14 libclang-rt-14-dev unbound nginx-light python3-aiosmtpd"
+  clang-14 libclang-rt-14-dev unbound nginx-light python3-aiosmtpd postfix"
 
 jobs=$(nproc 2>/dev/null || echo 2)
 
@@ -34,6 +34,13 @@ install_packages() {
     dpkg-query -W "$package" >/dev/null 2>&1 || missing="$missing $package"
   done
   if [ -n "$(echo "$missing" | tr -d ' ')" ]; then
+    # Without an answer, Postfix's package would set up and start a system
+    # instance on port 25; the tests run private instances only.
+    for package in $missing; do
+      if [ "$package" = postfix ]; then
+        echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+      fi
+    done
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
     # shellcheck disable=SC2086
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing

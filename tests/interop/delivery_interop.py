@@ -33,11 +33,11 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration", "system"))
 
 import relay_harness  # noqa: E402
-from peers import Peers, TestCa, free_port_on_all, policy_site, require_programs  # noqa: E402
+from peers import (WAIT_TIMEOUT, Peers, TestCa, free_port_on_all, policy_site, require_programs,  # noqa: E402
+                   subject_of, wait_until)
 from relay_harness import Relay, bare_address  # noqa: E402
 
 SWAKS_TIMEOUT = 60
-WAIT_TIMEOUT = 60  # generous for a sanitizer build on a loaded machine; waits end as soon as they can
 
 DNS_ADDRESS = "127.0.0.1"
 POLICY_ADDRESS = "127.0.0.20"  # nginx: every mta-sts.* host
@@ -128,21 +128,6 @@ def zone_records():
     return records
 
 
-def wait_until(condition, what, timeout=WAIT_TIMEOUT, details=lambda: ""):
-    """Polls CONDITION (a process we do not control writes the files) until it
-    returns something true; fails naming WHAT after TIMEOUT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("%s: not within %ds\n%s" % (what, timeout, details()))
-        time.sleep(0.05)
-
-
-def subject_of(data):
-    return email.message_from_bytes(data, policy=email.policy.compat32).get("Subject")
 
 
 class DeliveryInterop(unittest.TestCase):

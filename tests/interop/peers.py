@@ -6,6 +6,8 @@ Every process is started in its own session so that Peers.stop() ends it
 and whatever it spawned. Standard library only.
 """
 
+import email
+import email.policy
 import os
 import shutil
 import signal
@@ -293,3 +295,210 @@ def nginx_config(directory, address, port, cert, key, sites):
           ssl_certificate_key {key};
           ssl_protocols TLSv1.2 TLSv1.3;
         """).format(directory=directory, temp=temp, cert=cert, key=key) + "".join(servers) + "}\n"
+
+
+def issue_expired(ca, stem, names):
+    """Like TestCa.issue, but the certificate's validity ended long ago (a
+    fixed period in 2020; `openssl x509` in OpenSSL 3.0 cannot set dates in
+    the past, `openssl ca` can). Returns (chain, key) paths."""
+    directory = ca.directory
+    key = os.path.join(directory, stem + ".key")
+    request = os.path.join(directory, stem + ".csr")
+    cert = os.path.join(directory, stem + ".crt")
+    extensions = os.path.join(directory, stem + ".ext")
+    database = os.path.join(directory, stem + ".index")
+    serial = os.path.join(directory, stem + ".serial")
+    config = os.path.join(directory, stem + ".cnf")
+    write(extensions, "basicConstraints=critical,CA:FALSE\n"
+                      "extendedKeyUsage=serverAuth\n"
+                      "subjectAltName=" + ",".join("DNS:" + name for name in names) + "\n")
+    write(database, "")
+    write(serial, "%02X\n" % ca.next_serial())
+    write(config, textwrap.dedent("""\
+        [ ca ]
+        default_ca = expired
+        [ expired ]
+        database = {database}
+        new_certs_dir = {directory}
+        serial = {serial}
+        default_md = sha256
+        policy = anything
+        unique_subject = no
+        [ anything ]
+        commonName = supplied
+        """).format(database=database, directory=directory, serial=serial))
+    run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-subj", "/CN=" + names[0], "-keyout", key, "-out", request])
+    run(["openssl", "ca", "-batch", "-config", config, "-cert", ca.cert, "-keyfile", ca.key, "-in", request,
+         "-out", cert, "-notext", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z",
+         "-extfile", extensions])
+    with open(cert, "a") as chain, open(ca.cert) as ca_pem:
+        chain.write(ca_pem.read())
+    return cert, key
+
+
+# -- unbound with more configuration, reloadable; DNS and HTTPS probes ------
+
+class Unbound:
+    """An unbound started by start_unbound_server(): its zone can be
+    rewritten and reloaded (unbound-control over a unix socket) while it runs."""
+
+    def __init__(self, directory, address, port, more_config):
+        self.directory = directory
+        self.address = address
+        self.port = port
+        self.more_config = more_config
+        self.conf = os.path.join(directory, "unbound.conf")
+        self.control_socket = os.path.join(directory, "unbound.ctl")
+
+    def config(self, records):
+        # unbound reads clauses in order and a later setting wins: the extra
+        # server options, zones and remote-control clause go after the base.
+        return (unbound_config(self.directory, self.address, self.port, records) + self.more_config
+                + "remote-control:\n  control-enable: yes\n  control-interface: %s\n  control-use-cert: no\n"
+                % self.control_socket)
+
+    def write(self, records):
+        write(self.conf, self.config(records))
+
+    def reload(self, records):
+        """Serves RECORDS instead: rewrites the config and has unbound re-read it."""
+        self.write(records)
+        run([program("unbound-control"), "-c", self.conf, "reload"])
+
+
+def start_unbound_server(peers, name, address, records, more_config=""):
+    """unbound started by PEERS as NAME, in a directory of its own, serving
+    RECORDS like Peers.start_unbound plus MORE_CONFIG (further "server:"
+    options, forward-zone clauses...); returns an Unbound."""
+    directory = os.path.join(peers.directory, name)
+    os.makedirs(directory, exist_ok=True)
+    unbound = Unbound(directory, address, free_port(address), more_config)
+    unbound.write(records)
+    peers.start(name, [program("unbound"), "-d", "-c", unbound.conf], address, unbound.port)
+    return unbound
+
+DNS_TYPES = {"A": 1, "MX": 15, "TXT": 16, "AAAA": 28}
+
+
+class DnsAnswer:
+    """A DNS response as the interop tests need it: header bits, and the
+    answer records with whether their names (owner or in RDATA) used
+    compression pointers (RFC 1035 §4.1.4)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        flags = int.from_bytes(raw[2:4], "big")
+        self.rcode = flags & 0x0F
+        self.truncated = bool(flags & 0x0200)
+        counts = [int.from_bytes(raw[i:i + 2], "big") for i in range(4, 12, 2)]
+        position = 12
+        for _ in range(counts[0]):
+            _, position, _ = self.read_name(position)
+            position += 4
+        self.records = []  # (type, rdata text, compressed rdata name)
+        for _ in range(counts[1]):
+            _, position, _ = self.read_name(position)
+            rtype = int.from_bytes(raw[position:position + 2], "big")
+            length = int.from_bytes(raw[position + 8:position + 10], "big")
+            rdata_at = position + 10
+            position = rdata_at + length
+            if rtype == DNS_TYPES["MX"]:
+                name, _, compressed = self.read_name(rdata_at + 2)
+                self.records.append(("MX", "%d %s" % (int.from_bytes(raw[rdata_at:rdata_at + 2], "big"), name),
+                                     compressed))
+            elif rtype == DNS_TYPES["TXT"]:
+                strings, at = [], rdata_at
+                while at < position:
+                    strings.append(raw[at + 1:at + 1 + raw[at]].decode("ascii", "replace"))
+                    at += 1 + raw[at]
+                self.records.append(("TXT", "".join(strings), False))
+            else:
+                self.records.append((rtype, raw[rdata_at:position].hex(), False))
+
+    def read_name(self, position):
+        """(name, position after it, whether a pointer was followed)."""
+        labels, compressed, end = [], False, None
+        while True:
+            length = self.raw[position]
+            if length & 0xC0 == 0xC0:
+                if end is None:
+                    end = position + 2
+                compressed = True
+                position = int.from_bytes(self.raw[position:position + 2], "big") & 0x3FFF
+                continue
+            if length == 0:
+                return ".".join(labels) + ".", end if end is not None else position + 1, compressed
+            labels.append(self.raw[position + 1:position + 1 + length].decode("ascii", "replace"))
+            position += 1 + length
+
+
+def dns_query(address, port, name, rtype, tcp=False, edns_size=1232, timeout=10):
+    """One query to ADDRESS:PORT as a stub resolver sends it (RD set, EDNS0
+    with EDNS_SIZE unless None), over UDP or TCP; returns a DnsAnswer."""
+    query_id = int.from_bytes(os.urandom(2), "big")
+    message = query_id.to_bytes(2, "big") + bytes([1, 0, 0, 1, 0, 0, 0, 0, 0, 1 if edns_size else 0])
+    message += b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split("."))
+    message += b"\0" + DNS_TYPES[rtype].to_bytes(2, "big") + b"\0\1"
+    if edns_size:
+        message += b"\0\0\x29" + edns_size.to_bytes(2, "big") + b"\0\0\0\0\0\0"
+    if tcp:
+        with socket.create_connection((address, port), timeout=timeout) as stream:
+            stream.sendall(len(message).to_bytes(2, "big") + message)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+                chunk = stream.recv(65536)
+                if not chunk:
+                    raise AssertionError("TCP answer from %s:%d cut short" % (address, port))
+                data += chunk
+            raw = data[2:]
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram:
+            datagram.settimeout(timeout)
+            datagram.sendto(message, (address, port))
+            raw, _ = datagram.recvfrom(65536)
+    if raw[:2] != message[:2]:
+        raise AssertionError("DNS answer with another query id")
+    return DnsAnswer(raw)
+
+
+def https_get(address, port, host, path, ca_file, timeout=10):
+    """GET https://HOST:PORT/PATH from ADDRESS, as HTTP/1.1 without any
+    Accept-Encoding; returns the raw response bytes (headers and body as sent)."""
+    import ssl
+    context = ssl.create_default_context(cafile=ca_file)
+    request = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n" % (path, host, port)).encode()
+    with socket.create_connection((address, port), timeout=timeout) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as stream:
+            stream.sendall(request)
+            response = b""
+            while True:
+                try:
+                    chunk = stream.recv(65536)
+                except ssl.SSLEOFError:
+                    break
+                if not chunk:
+                    break
+                response += chunk
+    return response
+
+
+WAIT_TIMEOUT = 60  # generous for a sanitizer build on a loaded machine; waits end as soon as they can
+
+
+def wait_until(condition, what, timeout=WAIT_TIMEOUT, details=lambda: ""):
+    """Polls CONDITION (other processes write what it reads) until it returns
+    something true; fails naming WHAT after TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: not within %ds\n%s" % (what, timeout, details()))
+        time.sleep(0.05)
+
+
+def subject_of(data):
+    """The Subject header of a message's bytes."""
+    return email.message_from_bytes(data, policy=email.policy.compat32).get("Subject")
