@@ -524,9 +524,10 @@ asio::awaitable<std::vector<DeliveryStatus>> SmtpConnection::Impl::transaction(
   if (capabilities.size) {
     mail += " SIZE=" + std::to_string(size);
   }
-  // Without 8BITMIME at the server the message goes as it is: RFC 6152 has
-  // no downgrade for us to do (that would mean re-encoding MIME parts), and
-  // most servers take 8-bit content regardless, as Postfix also assumes.
+  // Without 8BITMIME at the server the message goes as it is, as Exim and
+  // Sendmail send it: most servers take 8-bit content regardless. Postfix
+  // re-encodes MIME parts as quoted-printable instead (RFC 6152 §3); this
+  // relay does not do that conversion yet.
   if (envelope.eight_bit_mime && capabilities.eight_bit_mime) {
     mail += " BODY=8BITMIME";
   }
