@@ -35,17 +35,22 @@ def free_port(address):
     raise AssertionError("no free TCP+UDP port on %s" % address)
 
 
+def family_of(address):
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def free_port_on_all(addresses):
-    """One TCP port free on every address (the MX hosts share delivery.port)."""
+    """One TCP port free on every address, IPv4 or IPv6 (the MX hosts share
+    delivery.port)."""
     for _ in range(50):
         sockets = []
         try:
-            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            first = socket.socket(family_of(addresses[0]), socket.SOCK_STREAM)
             sockets.append(first)
             first.bind((addresses[0], 0))
             port = first.getsockname()[1]
             for address in addresses[1:]:
-                other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                other = socket.socket(family_of(address), socket.SOCK_STREAM)
                 sockets.append(other)
                 other.bind((address, port))
             return port

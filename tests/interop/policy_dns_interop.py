@@ -73,7 +73,8 @@ GOOD = Mx("good", "127.0.0.73", "test-ca", extra_names=[IMPLICIT, "mx1." + COMPR
 UNTRUSTED = Mx("untrusted", "127.0.0.74", "other-ca")
 MX_A = Mx("mx-a", "127.0.0.75", "test-ca")
 MX_B = Mx("mx-b", "127.0.0.76", "test-ca")
-MX_HOSTS = [GOOD, UNTRUSTED, MX_A, MX_B]
+V6 = Mx("v6", "::1", "test-ca")  # only an AAAA record: reached over IPv6
+MX_HOSTS = [GOOD, UNTRUSTED, MX_A, MX_B, V6]
 
 
 def policy_text(mode, mx=(), max_age=86400):
@@ -117,10 +118,11 @@ CHUNKED = PolicyDomain("chunked.test", GOOD,
                        + 'mx: <!--# echo var="sts_mx" -->\nmax_age: 86400\n',
                        location='ssi on; ssi_types text/plain; output_buffers 1 1k; set $sts_mx "%s";' % GOOD.name)
 IMPLICIT_MX = PolicyDomain(IMPLICIT, None, policy_text("enforce", [IMPLICIT]))
+IPV6 = PolicyDomain("ipv6.test", V6, policy_text("enforce", [V6.name]))
 TCP_FALLBACK = PolicyDomain(TCP, None, policy_text("enforce", ["*." + TCP]))
 MOVING = PolicyDomain("moving.test", None, policy_text("enforce", [MX_A.name]))  # its records: zone_records()
 POLICY_DOMAINS = [ENFORCE, TESTING, NONE, REDIRECT, HTML, MISSING, OVERSIZED, CHUNKED, IMPLICIT_MX, TCP_FALLBACK,
-                  MOVING]
+                  MOVING, IPV6]
 
 NULL_MX = "nullmx.test"
 NXDOMAIN = "nosuch.test"  # no record at all under the static zone
@@ -131,7 +133,8 @@ TCP_MX_COUNT = 30  # an MX answer over 512 bytes even compressed
 
 def zone_records(moving_mx, moving_id):
     """The whole zone; the moving domain's MX hosts and TXT id as given."""
-    records = ["%s. 300 IN A %s" % (host.name, host.address) for host in MX_HOSTS]
+    records = ["%s. 300 IN %s %s" % (host.name, "AAAA" if ":" in host.address else "A", host.address)
+               for host in MX_HOSTS]
     for domain in POLICY_DOMAINS:
         records.append("mta-sts.%s. 300 IN A %s" % (domain.name, POLICY_ADDRESS))
         if domain is MOVING:
@@ -524,6 +527,14 @@ class PolicyDnsInterop(unittest.TestCase):
         deleted = self.relay.cli("queue", "delete", queue_id)
         self.assertEqual(deleted.returncode, 0, deleted.stderr)
         self.assertIsNone(self.relay.queue_entry(queue_id))
+
+    def test_mx_with_only_an_ipv6_address(self):
+        answer = dns_query(DNS_ADDRESS, self.unbound.port, V6.name, "A")
+        self.assertEqual((answer.rcode, answer.records), (0, []))
+        sent, message = self.deliver(IPV6, V6, "ipv6 mx")
+        self.assertEqual(sent["mx"], V6.name, sent)
+        self.assertEqual((sent["policy_mode"], sent["policy_id"], sent["verification"]),
+                         ("enforce", IPV6.id, "valid"), sent)
 
     def test_no_mx_records_means_the_domain_itself(self):
         answer = dns_query(DNS_ADDRESS, self.unbound.port, IMPLICIT, "MX")
