@@ -106,7 +106,7 @@ std::string_view to_string(Disposition disposition) {
 
 std::string DeliveryStatus::diagnostic() const {
   if (code == 0) {
-    return text;
+    return enhanced.empty() ? text : enhanced + " " + text;
   }
   std::string rendered = std::to_string(code);
   if (!enhanced.empty()) {

@@ -47,7 +47,9 @@ struct DeliveryStatus {
   std::string tls_result;
 
   bool permanent() const { return disposition == Disposition::bounce; }
-  // "550 5.1.1 no such user" or the local text: what logs and DSNs show.
+  // What logs, the queue and DSNs show: the reply ("550 5.1.1 no such
+  // user"), or for a failure found here the enhanced code and the text
+  // ("5.1.10 example.org accepts no mail ..."), as a server would put it.
   std::string diagnostic() const;
 };
 

@@ -88,7 +88,8 @@ TEST_P(ClassifyLocalFailure, TriesTheNextHostUntilMailThenDefers) {
   EXPECT_EQ(status.code, 0);
   EXPECT_EQ(status.text, "what happened");
   EXPECT_EQ(status.tls_result, c.tls_result);
-  EXPECT_EQ(status.diagnostic(), "what happened");
+  EXPECT_EQ(status.diagnostic(), c.expected_enhanced + " what happened")
+      << "a failure found here reads as a server would put it";
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -126,7 +127,7 @@ TEST(DeliveryStatus, LocalBounceCarriesItsCode) {
   DeliveryStatus status = make_local_bounce(Stage::mail, "5.3.4", "too big", "mx.b.test");
   EXPECT_TRUE(status.permanent());
   EXPECT_EQ(status.enhanced, "5.3.4");
-  EXPECT_EQ(status.diagnostic(), "too big");
+  EXPECT_EQ(status.diagnostic(), "5.3.4 too big");
 }
 
 TEST(DeliveryStatus, NamesOfStagesAndDispositions) {
