@@ -511,7 +511,7 @@ class PolicyDnsInterop(unittest.TestCase):
         first = self.outcome("deferred", queue_id)
         again = self.outcome("deferred", queue_id, min_attempts=first["attempts"] + 1)
         for event in (first, again):
-            self.assertEqual(event["reply"], "MX lookup for %s failed: server_failure" % SERVFAIL, event)
+            self.assertEqual(event["reply"], "4.4.3 MX lookup for %s failed: server_failure" % SERVFAIL, event)
         self.assertEqual(self.events_for("bounced", queue_id), [])
         self.assertEqual(self.events_for("bounce_queued", queue_id), [])
         self.assertEqual([e for e in self.relay.events_named("bounce_queued") if e.get("original_id") == queue_id],
