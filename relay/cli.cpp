@@ -9,6 +9,7 @@
 #include "relay/config.hpp"
 #include "relay/control_socket.hpp"
 #include "relay/daemon.hpp"
+#include "relay/health.hpp"
 #include "relay/queue_commands.hpp"
 #include "relay/sts_check.hpp"
 #include "relay/version.hpp"
@@ -25,6 +26,7 @@ struct Arguments {
   std::string config_file;
   bool json = false;
   bool no_connect = false;
+  double timeout_seconds = 5;
   std::string id;
   std::string domain;
 };
@@ -97,6 +99,13 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       add_subcommand(*queue, "release", "let a held message be delivered again", arguments);
   add_id(*queue_release_command, arguments);
 
+  CLI::App* health = add_subcommand(
+      app, "health", "check that the running relay's SMTP listener answers (for probes)",
+      arguments);
+  health->add_option("--timeout", arguments.timeout_seconds, "seconds to wait for the greeting")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+
   CLI::App* sts_check = add_subcommand(
       app, "sts-check", "check a domain's MTA-STS setup as a sender would", arguments);
   sts_check->add_option("DOMAIN", arguments.domain, "the recipient domain")->required();
@@ -158,6 +167,12 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       out << "flushed: " << reply->substr(std::min<std::size_t>(3, reply->size()))
           << " recipients made due now\n";
       return exit_ok;
+    }
+    if (*health) {
+      return check_health(
+          *config,
+          std::chrono::milliseconds(static_cast<std::int64_t>(arguments.timeout_seconds * 1000)),
+          out, err);
     }
     if (*sts_check) {
       return relay::sts_check(*config, arguments.domain, arguments.json, !arguments.no_connect, out,

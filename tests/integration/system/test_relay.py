@@ -577,6 +577,44 @@ class CommandLineTest(RelayTestCase):
         for library in ("openssl", "c-ares", "asio", "spdlog", "sqlite"):
             self.assertIn(library, text)
 
+    def test_health(self):
+        relay = self.relay()
+        relay.start()
+        healthy = relay.cli("health")
+        self.assertEqual(healthy.returncode, 0, healthy.stderr)
+        self.assertRegex(healthy.stdout.decode(), r"^ok: 127\.0\.0\.1:%d 220 " % relay.port)
+        relay.stop()
+
+        # Nothing listening.
+        down = relay.cli("health", "--timeout", "2")
+        self.assertEqual(down.returncode, 1, down.stdout)
+        self.assertIn(b"cannot connect to 127.0.0.1:%d" % relay.port, down.stderr)
+
+        # Something listening that never greets: a hung relay.
+        with socket.socket() as silent:
+            silent.bind((relay.host, relay.port))
+            silent.listen()
+            hung = relay.cli("health", "--timeout", "0.5")
+        self.assertEqual(hung.returncode, 1, hung.stdout)
+        self.assertIn(b"no greeting from 127.0.0.1:%d within 500 ms" % relay.port, hung.stderr)
+
+        # Something that greets with a refusal.
+        with socket.socket() as refusing:
+            refusing.bind((relay.host, relay.port))
+            refusing.listen()
+            def greet_with_a_refusal():
+                connection, _ = refusing.accept()
+                with connection:
+                    connection.sendall(b"554 5.3.2 not now\r\n")
+                    connection.recv(64)  # until health says QUIT or closes
+
+            answer = threading.Thread(target=greet_with_a_refusal)
+            answer.start()
+            refused = relay.cli("health")
+            answer.join()
+        self.assertEqual(refused.returncode, 1, refused.stdout)
+        self.assertIn(b'greeted with "554 5.3.2 not now"', refused.stderr)
+
     def test_queue_commands_while_the_daemon_runs(self):
         relay = self.relay()
         relay.start()
