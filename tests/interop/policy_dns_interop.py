@@ -11,7 +11,12 @@ forward zone to a second unbound that refuses it), an MX answer unbound
 compresses, and answers too large for UDP (max-udp-size 512: unbound sets
 TC and the relay's resolver must retry over TCP). Last, a policy that
 changes while the relay runs: the file nginx serves is edited and the TXT
-id changed with an unbound reload, and the relay follows.
+id changed with an unbound reload, and the relay follows. And an enforce
+failure until queue.max_age, on a second relay whose max_age is a few
+seconds: the policy is fetched again before the mail bounces (RFC 8461
+§5.1), seen in a per-domain nginx access log; the DSN reaches the sender's
+MX, or, where the policy has become mode none meanwhile (same id), the
+mail is delivered instead.
 
 The MX hosts are aiosmtpd (python3-aiosmtpd) with recording_handler.py.
 Each scenario has its own recipient domain; each asserts what the MX hosts
@@ -121,14 +126,26 @@ IMPLICIT_MX = PolicyDomain(IMPLICIT, None, policy_text("enforce", [IMPLICIT]))
 IPV6 = PolicyDomain("ipv6.test", V6, policy_text("enforce", [V6.name]))
 TCP_FALLBACK = PolicyDomain(TCP, None, policy_text("enforce", ["*." + TCP]))
 MOVING = PolicyDomain("moving.test", None, policy_text("enforce", [MX_A.name]))  # its records: zone_records()
+# Enforce, and the only MX's certificate is from another CA: held back until
+# queue.max_age. Each has an access log of its own, where nginx's lines show
+# how often the relay fetched its policy (a path relative to nginx's prefix,
+# the temporary directory).
+UNTIL_MAX_AGE = PolicyDomain("until-max-age.test", UNTRUSTED, policy_text("enforce", [UNTRUSTED.name]),
+                             location="access_log until-max-age.access.log;")
+# The same, but its policy becomes mode none (same id) while the mail waits.
+WITHDRAWN = PolicyDomain("withdrawn.test", UNTRUSTED, policy_text("enforce", [UNTRUSTED.name]),
+                         location="access_log withdrawn.access.log;")
 POLICY_DOMAINS = [ENFORCE, TESTING, NONE, REDIRECT, HTML, MISSING, OVERSIZED, CHUNKED, IMPLICIT_MX, TCP_FALLBACK,
-                  MOVING, IPV6]
+                  MOVING, IPV6, UNTIL_MAX_AGE, WITHDRAWN]
 
 NULL_MX = "nullmx.test"
 NXDOMAIN = "nosuch.test"  # no record at all under the static zone
 SERVFAIL = "servfail.test"
 SENDERS = "senders.test"  # the bounces' envelope senders live here; MX GOOD
 TCP_MX_COUNT = 30  # an MX answer over 512 bytes even compressed
+# queue.max_age of the second relay, which only the max_age scenarios use:
+# long enough for the first attempt to end well before it.
+SHORT_MAX_AGE = "5s"
 
 
 def zone_records(moving_mx, moving_id):
@@ -189,6 +206,7 @@ class PolicyDnsInterop(unittest.TestCase):
     directory = None
     peers = None
     relay = None
+    short_relay = None  # queue.max_age SHORT_MAX_AGE
 
     @classmethod
     def setUpClass(cls):
@@ -198,18 +216,25 @@ class PolicyDnsInterop(unittest.TestCase):
         cls.peers = Peers(cls.directory)
         try:
             cls.start_peers()
-            cls.relay = Relay()
-            cls.relay.overrides = {
-                "queue": {"retry_min": "1s", "retry_max": "2s"},
-                "delivery": {"port": cls.mx_port, "ca_file": cls.ca_file, "connect_timeout": "10s",
-                             "command_timeout": "30s"},
-                "dns": {"servers": ["%s:%d" % (DNS_ADDRESS, cls.unbound.port)], "timeout": "5s"},
-                "sts": {"policy_port": cls.policy_port, "fetch_timeout": "10s"},
-            }
+            cls.relay = cls.new_relay()
             cls.relay.start()
+            cls.short_relay = cls.new_relay(max_age=SHORT_MAX_AGE)
+            cls.short_relay.start()
         except BaseException:
             cls.cleanup()
             raise
+
+    @classmethod
+    def new_relay(cls, **queue):
+        relay = Relay()
+        relay.overrides = {
+            "queue": {"retry_min": "1s", "retry_max": "2s", **queue},
+            "delivery": {"port": cls.mx_port, "ca_file": cls.ca_file, "connect_timeout": "10s",
+                         "command_timeout": "30s"},
+            "dns": {"servers": ["%s:%d" % (DNS_ADDRESS, cls.unbound.port)], "timeout": "5s"},
+            "sts": {"policy_port": cls.policy_port, "fetch_timeout": "10s"},
+        }
+        return relay
 
     @classmethod
     def start_peers(cls):
@@ -243,11 +268,15 @@ class PolicyDnsInterop(unittest.TestCase):
     @classmethod
     def cleanup(cls):
         """Stops everything and removes the temp dir; safe to call again."""
-        relay, peers, directory = cls.relay, cls.peers, cls.directory
-        cls.relay = cls.peers = cls.directory = None
+        relays = [relay for relay in (cls.relay, cls.short_relay) if relay is not None]
+        peers, directory = cls.peers, cls.directory
+        cls.relay = cls.short_relay = cls.peers = cls.directory = None
         try:
-            if relay is not None:
-                relay.close()
+            for relay in relays:
+                try:
+                    relay.close()
+                except Exception as error:  # close the other all the same
+                    sys.stderr.write("closing a relay: %s\n" % error)
         finally:
             try:
                 if peers is not None:
@@ -261,11 +290,14 @@ class PolicyDnsInterop(unittest.TestCase):
         if cls.relay is None:
             return
         try:
-            status = cls.relay.stop()
-            problems = cls.relay.problems()
-            if status != 0 or problems:
-                raise AssertionError("stsrelay exit status %d, problems logged:\n%s"
-                                     % (status, "\n".join(problems[:50])))
+            for relay in (cls.relay, cls.short_relay):
+                if relay is None:
+                    continue
+                status = relay.stop()
+                problems = relay.problems()
+                if status != 0 or problems:
+                    raise AssertionError("stsrelay exit status %d, problems logged:\n%s"
+                                         % (status, "\n".join(problems[:50])))
         finally:
             cls.cleanup()
 
@@ -290,9 +322,10 @@ class PolicyDnsInterop(unittest.TestCase):
 
     # -- the relay ---------------------------------------------------------
 
-    def submit(self, sender, recipient, subject):
-        """Hands one message to the relay over SMTP; returns its queue id."""
-        client = smtplib.SMTP(self.relay.host, self.relay.port, timeout=30, local_hostname="client.test")
+    def submit(self, sender, recipient, subject, relay=None):
+        """Hands one message to the relay (or RELAY) over SMTP; returns its queue id."""
+        relay = relay or self.relay
+        client = smtplib.SMTP(relay.host, relay.port, timeout=30, local_hostname="client.test")
         try:
             client.ehlo()
             self.assertEqual(client.mail(sender)[0], 250)
@@ -308,13 +341,13 @@ class PolicyDnsInterop(unittest.TestCase):
         self.assertIsNotNone(queue_id, reply)
         return queue_id
 
-    def outcome(self, status, queue_id, min_attempts=1):
-        return self.relay.wait_for_event(status, timeout=WAIT_TIMEOUT,
-                                         predicate=lambda e: e.get("queue_id") == queue_id
-                                         and e.get("attempts", 0) >= min_attempts)
+    def outcome(self, status, queue_id, min_attempts=1, relay=None):
+        return (relay or self.relay).wait_for_event(status, timeout=WAIT_TIMEOUT,
+                                                    predicate=lambda e: e.get("queue_id") == queue_id
+                                                    and e.get("attempts", 0) >= min_attempts)
 
-    def events_for(self, name, queue_id=None, domain=None):
-        return [event for event in self.relay.events_named(name)
+    def events_for(self, name, queue_id=None, domain=None, relay=None):
+        return [event for event in (relay or self.relay).events_named(name)
                 if (queue_id is None or event.get("queue_id") == queue_id)
                 and (domain is None or event.get("domain") == domain)]
 
@@ -636,6 +669,115 @@ class PolicyDnsInterop(unittest.TestCase):
             # Later scenarios see the zone as it started.
             replace_file(policy_file, MOVING.text)
             self.unbound.reload(zone_records([MX_A], "move1"))
+
+    # -- an enforce failure until queue.max_age (RFC 8461 §5.1) ------------
+
+    def policy_fetches(self, domain):
+        """The requests for DOMAIN's policy in its own nginx access log."""
+        try:
+            with open(os.path.join(self.directory, domain.name.split(".")[0] + ".access.log")) as log:
+                lines = log.read().splitlines()
+        except FileNotFoundError:
+            return []
+        return [line for line in lines if '"GET /.well-known/mta-sts.txt HTTP/1.1" 200 ' in line]
+
+    def assertHeldBackUntilMaxAge(self, domain, subject):
+        """Submits one message for DOMAIN to the short-lived relay and waits
+        for its first attempt, deferred by the enforced policy; returns (queue
+        id, sender, that `deferred` line)."""
+        sender = subject.replace(" ", "-") + "@" + SENDERS
+        queue_id = self.submit(sender, domain.recipient, subject, relay=self.short_relay)
+        deferred = self.outcome("deferred", queue_id, relay=self.short_relay)
+        self.assertEqual((deferred["policy_mode"], deferred["policy_id"], deferred["verification"]),
+                         ("enforce", domain.id, "certificate-not-trusted"), deferred)
+        self.assertEqual((deferred["mx"], deferred["ip"]), (UNTRUSTED.name, UNTRUSTED.address), deferred)
+        self.assertIn("MTA-STS", deferred["reply"], deferred)
+        self.assertEqual(len(self.policy_fetches(domain)), 1, "the first attempt fetched the policy")
+        return queue_id, sender, deferred
+
+    def assertRediscoveredOnce(self, domain, queue_id):
+        [rediscovery] = self.events_for("sts_rediscovery", queue_id, relay=self.short_relay)
+        self.assertEqual((rediscovery["domain"], rediscovery["policy_id"]), (domain.name, domain.id), rediscovery)
+        # The reason: the failure that would have bounced the mail.
+        self.assertRegex(rediscovery["reason"], r"^4\.7\.5 certificate for %s " % re.escape(UNTRUSTED.name),
+                         rediscovery)
+        # The re-discovery fetched the policy again, although its id is the
+        # one cached (nginx logs a request once it has answered it).
+        wait_until(lambda: len(self.policy_fetches(domain)) >= 2, "a second fetch of %s's policy" % domain.name,
+                   details=self.short_relay.log_text)
+        self.assertEqual(len(self.policy_fetches(domain)), 2, self.policy_fetches(domain))
+        return rediscovery
+
+    def test_enforce_failure_until_max_age_bounces_after_rediscovery(self):
+        queue_id, sender, _ = self.assertHeldBackUntilMaxAge(UNTIL_MAX_AGE, "until max age")
+        bounced = self.outcome("bounced", queue_id, relay=self.short_relay)
+        self.assertEqual(bounced["recipients"], ["<%s>" % UNTIL_MAX_AGE.recipient], bounced)
+        self.assertEqual((bounced["policy_mode"], bounced["policy_id"], bounced["verification"]),
+                         ("enforce", UNTIL_MAX_AGE.id, "certificate-not-trusted"), bounced)
+        self.assertIn("MTA-STS policy of %s" % UNTIL_MAX_AGE.name, bounced["reply"], bounced)
+        self.assertGreaterEqual(bounced["attempts"], 2, bounced)
+        self.assertRediscoveredOnce(UNTIL_MAX_AGE, queue_id)
+        for event in self.events_for("deferred", queue_id, relay=self.short_relay):
+            self.assertEqual((event["policy_mode"], event["verification"]), ("enforce", "certificate-not-trusted"),
+                             event)
+        self.assertEqual(self.events_for("sent", queue_id, relay=self.short_relay), [])
+        self.assertEqual(self.received_anywhere(UNTIL_MAX_AGE.name), [], "sent despite the enforced policy")
+
+        # The DSN reaches the sender's domain's MX.
+        notice = self.short_relay.wait_for_event("bounce_queued",
+                                                 predicate=lambda e: e.get("original_id") == queue_id)
+        self.assertEqual(bare_address(notice["recipient"]), sender, notice)
+        self.outcome("sent", notice["queue_id"], relay=self.short_relay)
+        [dsn] = [m for m in self.received(GOOD, SENDERS) if m["rcpt_tos"] == [sender]]
+        self.assertEqual(dsn["mail_from"], "<>")
+        report = email.message_from_bytes(dsn["data"], policy=email.policy.compat32)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        self.assertEqual(report.get_param("report-type"), "delivery-status")
+        text = dsn["data"].decode("utf-8", "replace")
+        [status] = [part for part in report.walk() if part.get_content_type() == "message/delivery-status"]
+        [recipient] = status.get_payload()[1:]  # after the per-message fields
+        self.assertRegex(recipient["Final-Recipient"], r"^rfc822; ?%s$" % re.escape(UNTIL_MAX_AGE.recipient))
+        self.assertEqual(recipient["Action"], "failed", text)
+        self.assertEqual(recipient["Status"], "5.7.5", text)  # the deferrals' 4.7.5, made permanent
+        self.assertEqual(recipient["Remote-MTA"], "dns; " + UNTIL_MAX_AGE.mx.name, text)
+        diagnostic = re.sub(r"\r?\n[ \t]+", " ", recipient["Diagnostic-Code"])
+        self.assertIn("MTA-STS policy of %s (mode enforce, id %s) refused %s: certificate-not-trusted"
+                      % (UNTIL_MAX_AGE.name, UNTIL_MAX_AGE.id, UNTRUSTED.name), diagnostic)
+        self.assertIn("Subject: until max age", text)  # the original headers
+        self.assertIsNone(self.short_relay.queue_entry(queue_id), "a bounced message stays in the queue")
+        self.assertIsNone(self.short_relay.queue_entry(notice["queue_id"]))
+
+    def test_enforce_failure_until_max_age_delivers_once_the_policy_is_none(self):
+        policy_file = os.path.join(site_root(self.directory, WITHDRAWN.name), ".well-known", "mta-sts.txt")
+        queue_id, sender, _ = self.assertHeldBackUntilMaxAge(WITHDRAWN, "withdrawn")
+        # Same TXT id: the relay keeps the cached enforce policy until it
+        # re-discovers the policy before bouncing.
+        replace_file(policy_file, policy_text("none"))
+        self.assertEqual(self.events_for("sts_rediscovery", queue_id, relay=self.short_relay), [],
+                         "queue.max_age (%s) passed before the policy changed: nothing is tested" % SHORT_MAX_AGE)
+        sent = self.outcome("sent", queue_id, relay=self.short_relay)
+        self.assertEqual(sent["recipients"], ["<%s>" % WITHDRAWN.recipient], sent)
+        # Opportunistic TLS to the MX the enforced policy refused.
+        self.assertEqual((sent["mx"], sent["ip"]), (UNTRUSTED.name, UNTRUSTED.address), sent)
+        self.assertEqual((sent["policy_mode"], sent["policy_id"], sent["verification"]),
+                         ("none", WITHDRAWN.id, "certificate-not-trusted"), sent)
+        self.assertIn(sent["tls_version"], TLS_1_2_OR_NEWER, sent)
+        self.assertGreaterEqual(sent["attempts"], 2, sent)
+        self.assertRediscoveredOnce(WITHDRAWN, queue_id)
+        for event in self.events_for("deferred", queue_id, relay=self.short_relay):
+            self.assertEqual(event["policy_mode"], "enforce", event)
+        [message] = self.received(UNTRUSTED, WITHDRAWN.name)
+        self.assertEqual((message["mail_from"], message["rcpt_tos"]), (sender, [WITHDRAWN.recipient]))
+        self.assertEqual(subject_of(message["data"]), "withdrawn")
+        self.assertTrue(message["tls"], message)
+        self.assertEqual(message["tls_version"], sent["tls_version"], message)
+        self.assertEqual(len(self.received_anywhere(WITHDRAWN.name)), 1, "delivered more than once")
+        # No bounce.
+        self.assertEqual(self.events_for("bounced", queue_id, relay=self.short_relay), [])
+        self.assertEqual([e for e in self.short_relay.events_named("bounce_queued")
+                          if e.get("original_id") == queue_id], [])
+        self.assertEqual([m for m in self.received(GOOD, SENDERS) if m["rcpt_tos"] == [sender]], [])
+        self.assertIsNone(self.short_relay.queue_entry(queue_id), "a sent message stays in the queue")
 
 
 def interrupted(signum, frame):

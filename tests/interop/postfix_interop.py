@@ -13,6 +13,11 @@ In front: Postfix instances as the internal mail server with
 mandatory STARTTLS to the relay's listener; mail enters them by sendmail(1)
 and by swaks.
 
+Connection reuse: ten messages for one domain whose MX (a Postfix instance
+of its own) only that scenario uses; its log shows how many smtpd sessions
+carried them, how many were open at once (the relay runs with
+delivery.max_connections_per_domain = 2) and each session's STARTTLS.
+
 Each scenario has its own recipient domain. Every wait is on an event (a log
 line, a Maildir file, the queue listing) with a timeout; nothing asserts on
 timings.
@@ -74,7 +79,10 @@ TLS13 = Mx("tls13", "127.0.0.47", "test-ca",
            main={"smtpd_tls_protocols": ">=TLSv1.3", "smtpd_tls_mandatory_protocols": ">=TLSv1.3"})
 # Does not offer PIPELINING: the relay must wait for each reply.
 NO_PIPELINING_MX = Mx("no-pipelining", "127.0.0.50", "test-ca", main={"smtpd_discard_ehlo_keywords": "pipelining"})
-MX_HOSTS = [VALID, WRONG_NAME, EXPIRED, UNTRUSTED, PLAIN, TLS13, NO_PIPELINING_MX]
+# Only the connection-reuse scenario sends here: every session in its log is
+# one of that scenario's.
+REUSE_MX = Mx("reuse", "127.0.0.51", "test-ca")
+MX_HOSTS = [VALID, WRONG_NAME, EXPIRED, UNTRUSTED, PLAIN, TLS13, NO_PIPELINING_MX, REUSE_MX]
 
 FRONT_PLAIN_ADDRESS = "127.0.0.48"
 FRONT_TLS_ADDRESS = "127.0.0.49"
@@ -110,11 +118,17 @@ NO_PIPELINING = Domain("no-pipelining", NO_PIPELINING_MX, "enforce")
 BIG = Domain("big", VALID, "enforce")
 EIGHT_BIT = Domain("eight-bit", VALID, "enforce")
 UTF8 = Domain("utf8", VALID, "enforce")
+REUSE = Domain("reuse", REUSE_MX, "enforce")
 MANY = [Domain("many1", VALID, "enforce"), Domain("many2", VALID, "enforce"), Domain("many3", VALID),
         Domain("many4", TLS13, "enforce"), Domain("many5", PLAIN)]
 DOMAINS = [ENFORCE_VALID, ENFORCE_WRONG_NAME, ENFORCE_EXPIRED, ENFORCE_UNTRUSTED, ENFORCE_PLAIN, ENFORCE_TLS13,
            TESTING_EXPIRED, NONE_PLAIN, FRONT_PLAIN, FRONT_TLS, PIPELINING, NO_PIPELINING, SENDERS, BIG, EIGHT_BIT,
-           UTF8, *MANY]
+           UTF8, REUSE, *MANY]
+
+# The relay's delivery.max_connections_per_domain; only REUSE has more than
+# one message in flight at a time.
+MAX_CONNECTIONS_PER_DOMAIN = 2
+REUSE_MESSAGES = 10
 
 # The MX hosts refuse this recipient (in the middle of the pipelined group).
 REFUSED = "refused@" + PIPELINING.name
@@ -175,6 +189,66 @@ def split_message(data):
 
 def lf(data):
     return data.replace(b"\r\n", b"\n")
+
+
+class SmtpdSession:
+    """One smtpd session in a Postfix log: from its `connect from` line to
+    its `disconnect from` line (line numbers; end None while it lasts), with
+    the queue ids of the messages it took, its TLS lines and the command
+    counts Postfix logs at disconnect ("mail=5", or "mail=4/5" when one failed)."""
+
+    def __init__(self, pid, start):
+        self.pid = pid
+        self.start = start
+        self.end = None
+        self.queue_ids = []
+        self.tls = []
+        self.counts = {}
+        self.failed_commands = []
+
+
+def smtpd_sessions(lines):
+    """The smtpd sessions of a Postfix log, in the order they began. One smtpd
+    process serves sessions one after another: a pid's lines belong to the
+    session its last `connect from` began."""
+    sessions, current = [], {}
+    for number, line in enumerate(lines):
+        match = re.search(r"/smtpd\[(\d+)\]: (.*)$", line)
+        if not match:
+            continue
+        pid, text = match.groups()
+        if text.startswith("connect from "):
+            current[pid] = SmtpdSession(pid, number)
+            sessions.append(current[pid])
+            continue
+        session = current.get(pid)
+        if session is None:
+            continue
+        queued = re.match(r"([0-9A-Za-z]+): client=", text)
+        if queued:
+            session.queue_ids.append(queued.group(1))
+        elif "TLS connection established from" in text:
+            session.tls.append(text)
+        elif text.startswith("disconnect from "):
+            session.end = number
+            for name, good, tried in re.findall(r"\b([a-z]+)=(\d+)(?:/(\d+))?", text):
+                session.counts[name] = int(good)
+                if tried and tried != good:
+                    session.failed_commands.append("%s=%s/%s" % (name, good, tried))
+            del current[pid]
+    return sessions
+
+
+def most_at_once(sessions):
+    """The most sessions open at the same time, by the order of the log's
+    connect and disconnect lines (a session still open counts to the end)."""
+    changes = sorted([(session.start, 1) for session in sessions]
+                     + [(session.end, -1) for session in sessions if session.end is not None])
+    most = running = 0
+    for _, change in changes:
+        running += change
+        most = max(most, running)
+    return most
 
 
 class PostfixInterop(unittest.TestCase):
@@ -254,7 +328,7 @@ class PostfixInterop(unittest.TestCase):
             "listen": {"tls_cert": relay_cert, "tls_key": relay_key},
             "queue": {"retry_min": "1s", "retry_max": "2s"},
             "delivery": {"port": cls.mx_port, "ca_file": cls.ca_file, "connect_timeout": "10s",
-                         "command_timeout": "60s"},
+                         "command_timeout": "60s", "max_connections_per_domain": MAX_CONNECTIONS_PER_DOMAIN},
             "dns": {"servers": ["%s:%d" % (DNS_ADDRESS, cls.dns_port)], "timeout": "5s"},
             "sts": {"policy_port": cls.policy_port, "fetch_timeout": "10s"},
         }
@@ -728,6 +802,77 @@ class PostfixInterop(unittest.TestCase):
             if domain.mode == "enforce":
                 self.assertEqual(sent["verification"], "valid", sent)
         self.wait_gone_from_queue(queue_id)
+
+    def test_connection_reuse_within_the_per_domain_limit(self):
+        """Ten messages to one domain, submitted back to back: Postfix takes
+        them over fewer sessions than messages, each session with its own
+        STARTTLS and an RSET before every reuse, never more sessions at once
+        than delivery.max_connections_per_domain, each message once."""
+        submitted = {}
+        for number in range(REUSE_MESSAGES):
+            message = make_message(REUSE, "reuse %02d" % number)
+            submitted[self.submit(REUSE.sender, [REUSE.recipient], message)] = message
+        sent = {queue_id: self.outcome("sent", queue_id, domain=REUSE) for queue_id in submitted}
+        # A reused connection keeps the validated TLS it was opened with.
+        for event in sent.values():
+            self.assertEqual((event["mx"], event["ip"]), (REUSE_MX.name, REUSE_MX.address), event)
+            self.assertEqual((event["policy_mode"], event["verification"], event["attempts"]),
+                             ("enforce", "valid", 1), event)
+            self.assertIn(event["tls_version"], TLS_1_2_OR_NEWER, event)
+            self.assertTrue(event["reply"].startswith("250"), event)
+
+        copies = self.wait_for_maildir(REUSE, count=REUSE_MESSAGES)
+        self.assertEqual(len(copies), REUSE_MESSAGES, "delivered more than once")
+        self.assertEqual(len(self.delivered_anywhere(REUSE)), REUSE_MESSAGES)
+        by_subject = {}
+        for copy in copies:
+            by_subject.setdefault(email.message_from_bytes(copy, policy=email.policy.compat32).get("Subject"),
+                                  []).append(copy)
+        for queue_id, message in submitted.items():
+            subject = email.message_from_bytes(message, policy=email.policy.compat32).get("Subject")
+            self.assertEqual(len(by_subject.get(subject, [])), 1, "%s: %s" % (subject, sorted(by_subject)))
+            self.assertArrivedIntact(by_subject[subject][0], message, REUSE_MX, queue_id,
+                                     sent[queue_id]["tls_version"])
+
+        # Postfix's side, once the relay has closed the connections it kept
+        # (2 s idle): every message in exactly one session.
+        postfix_ids = sorted(re.search(r"queued as ([0-9A-Za-z]+)", event["reply"]).group(1)
+                             for event in sent.values())
+        postfix = REUSE_MX.postfix
+
+        def all_ended():
+            sessions = smtpd_sessions(postfix.log_lines())
+            carrying = [session for session in sessions if session.queue_ids]
+            taken = sorted(queue_id for session in carrying for queue_id in session.queue_ids)
+            if taken == postfix_ids and all(session.end is not None for session in sessions):
+                return sessions
+            return None
+
+        sessions = wait_until(all_ended, "the relay's sessions with %s ending" % REUSE_MX.name,
+                              details=self.details(postfix))
+        carrying = [session for session in sessions if session.queue_ids]
+        # The other sessions are the probe that waited for Postfix to listen.
+        self.assertEqual([session.counts for session in sessions if not session.queue_ids],
+                         [{"commands": 0}], postfix.log_text(tail=200000))
+        self.assertLess(len(carrying), REUSE_MESSAGES, "one connection per message:\n" + postfix.log_text(tail=200000))
+        for session in carrying:
+            where = "session of smtpd[%s]:\n%s" % (session.pid, postfix.log_text(tail=200000))
+            self.assertEqual(session.failed_commands, [], where)
+            messages = len(session.queue_ids)
+            self.assertEqual(len(session.tls), 1, where)
+            self.assertIn("Anonymous TLS connection established from", session.tls[0], where)
+            self.assertEqual({name: session.counts.get(name, 0) for name in ("ehlo", "starttls", "mail", "rcpt",
+                                                                               "data", "rset", "quit")},
+                             {"ehlo": 2, "starttls": 1, "mail": messages, "rcpt": messages, "data": messages,
+                              "rset": messages - 1, "quit": 1}, where)
+        self.assertLessEqual(most_at_once(sessions), MAX_CONNECTIONS_PER_DOMAIN, postfix.log_text(tail=200000))
+        problems = [line for line in postfix.log_lines()
+                    if re.search(r"\b(warning|error|fatal|panic):|\breject:|lost connection|timeout after"
+                                 r"|improper command pipelining", line)
+                    and not re.search(r"lost connection after CONNECT from", line)]
+        self.assertEqual(problems, [], postfix.log_text(tail=200000))
+        for queue_id in submitted:
+            self.wait_gone_from_queue(queue_id)
 
 
 def interrupted(signum, frame):
