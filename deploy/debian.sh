@@ -17,8 +17,11 @@ build_packages="build-essential cmake pkg-config clang-format
   libsqlite3-dev sqlite3 libtomlplusplus-dev nlohmann-json3-dev
   libcli11-dev libexpected-dev ca-certificates"
 # swaks needs libnet-ssleay-perl for -tls (only a Recommends of swaks).
+# podman (with runc) builds and runs deploy/Dockerfile's image in the container
+# test; mmdebstrap makes its Debian base image where no registry is reachable.
 test_packages="libgtest-dev libgmock-dev openssl swaks libnet-ssleay-perl python3 procps git
-  clang-14 libclang-rt-14-dev unbound nginx-light python3-aiosmtpd postfix"
+  clang-14 libclang-rt-14-dev unbound nginx-light python3-aiosmtpd postfix python3-yaml
+  podman runc mmdebstrap"
 
 jobs=$(nproc 2>/dev/null || echo 2)
 
