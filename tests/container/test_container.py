@@ -133,8 +133,9 @@ def tail_of(path, size=6000):
         return "(no log)"
 
 
-def check_podman_runs(podman):
-    """Raises Skip when podman or runc is missing or `podman info` fails."""
+def check_podman_runs(podman, directory, unique):
+    """Raises Skip when podman or runc is missing, `podman info` fails, or
+    podman cannot store an image."""
     for name in ("podman", "runc"):
         if shutil.which(name) is None and not os.path.exists("/usr/sbin/" + name):
             raise Skip("%s is not installed (deploy/debian.sh test installs podman, runc and mmdebstrap)" % name)
@@ -144,6 +145,17 @@ def check_podman_runs(podman):
         raise Skip("podman info failed: %s" % error)
     if result.returncode != 0:
         raise Skip("podman info failed (%d): %s" % (result.returncode, result.stderr.decode(errors="replace")))
+    # `podman info` also answers where no image can be stored (inside another
+    # container, whose overlayfs podman's overlay driver cannot sit on): store
+    # an empty one and remove it.
+    empty = os.path.join(directory, "empty.tar")
+    subprocess.run(["tar", "-cf", empty, "--files-from", "/dev/null"], check=True, timeout=60)
+    probe = "localhost/stsrelay-probe:" + unique
+    stored = podman.run("import", empty, probe, check=False)
+    os.remove(empty)
+    if stored.returncode != 0:
+        raise Skip("podman cannot store an image: %s" % stored.stderr.decode(errors="replace").strip())
+    podman.run("rmi", "--force", probe, check=False)
 
 
 def ensure_base_image(podman, directory):
@@ -425,7 +437,7 @@ def main():
     tag = "localhost/stsrelay-test:" + unique
     status = 1
     try:
-        check_podman_runs(podman)
+        check_podman_runs(podman, directory, unique)
         require_programs("unbound", "nginx", "openssl", "swaks")
         ensure_base_image(podman, directory)
         build_image(podman, source_dir, tag, directory)
