@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration", "system"))
 
 import relay_harness  # noqa: E402
 from peers import (WAIT_TIMEOUT, Peers, TestCa, free_port_on_all, policy_site, require_programs,  # noqa: E402
-                   subject_of, wait_until)
+                   relay_overrides, subject_of, wait_until)
 from relay_harness import Relay, bare_address  # noqa: E402
 
 SWAKS_TIMEOUT = 60
@@ -181,13 +181,8 @@ class DeliveryInterop(unittest.TestCase):
     @classmethod
     def new_relay(cls, **delivery):
         relay = Relay()
-        relay.overrides = {
-            "queue": {"retry_min": "1s", "retry_max": "2s"},
-            "delivery": {"port": cls.mx_port, "ca_file": cls.ca_file, "connect_timeout": "10s",
-                         "command_timeout": "30s", **delivery},
-            "dns": {"servers": ["%s:%d" % (DNS_ADDRESS, cls.dns_port)], "timeout": "5s"},
-            "sts": {"policy_port": cls.policy_port, "fetch_timeout": "10s"},
-        }
+        relay.overrides = relay_overrides(cls.mx_port, cls.ca_file, "%s:%d" % (DNS_ADDRESS, cls.dns_port),
+                                          cls.policy_port, delivery=delivery)
         return relay
 
     @classmethod
@@ -206,11 +201,7 @@ class DeliveryInterop(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            status = cls.relay.stop()
-            problems = cls.relay.problems()
-            if status != 0 or problems:
-                raise AssertionError("stsrelay exit status %d, problems logged:\n%s"
-                                     % (status, "\n".join(problems[:50])))
+            cls.relay.stop_and_check()
         finally:
             cls.cleanup()
 

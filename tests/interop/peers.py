@@ -507,3 +507,17 @@ def wait_until(condition, what, timeout=WAIT_TIMEOUT, details=lambda: ""):
 def subject_of(data):
     """The Subject header of a message's bytes."""
     return email.message_from_bytes(data, policy=email.policy.compat32).get("Subject")
+
+
+def relay_overrides(mx_port, ca_file, dns, policy_port, queue=None, delivery=None):
+    """The relay's config sections for these peers: MX hosts on MX_PORT with
+    certificates from CA_FILE, the zone from DNS ("ip:port"), policies on
+    POLICY_PORT; quick retries, timeouts generous for a loaded machine.
+    QUEUE and DELIVERY add to or replace keys of their sections."""
+    return {
+        "queue": {"retry_min": "1s", "retry_max": "2s", **(queue or {})},
+        "delivery": {"port": mx_port, "ca_file": ca_file, "connect_timeout": "10s", "command_timeout": "30s",
+                     **(delivery or {})},
+        "dns": {"servers": [dns], "timeout": "5s"},
+        "sts": {"policy_port": policy_port, "fetch_timeout": "10s"},
+    }

@@ -46,7 +46,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration", "system"))
 
 import relay_harness  # noqa: E402
 from peers import (WAIT_TIMEOUT, Peers, TestCa, dns_query, free_port_on_all, https_get,  # noqa: E402
-                   policy_site, require_programs, site_root, start_unbound_server, subject_of, wait_until)
+                   policy_site, relay_overrides, require_programs, site_root, start_unbound_server, subject_of,
+                   wait_until)
 from relay_harness import Relay, bare_address, queue_id_from_reply  # noqa: E402
 
 COMMAND_TIMEOUT = 60
@@ -227,13 +228,8 @@ class PolicyDnsInterop(unittest.TestCase):
     @classmethod
     def new_relay(cls, **queue):
         relay = Relay()
-        relay.overrides = {
-            "queue": {"retry_min": "1s", "retry_max": "2s", **queue},
-            "delivery": {"port": cls.mx_port, "ca_file": cls.ca_file, "connect_timeout": "10s",
-                         "command_timeout": "30s"},
-            "dns": {"servers": ["%s:%d" % (DNS_ADDRESS, cls.unbound.port)], "timeout": "5s"},
-            "sts": {"policy_port": cls.policy_port, "fetch_timeout": "10s"},
-        }
+        relay.overrides = relay_overrides(cls.mx_port, cls.ca_file, "%s:%d" % (DNS_ADDRESS, cls.unbound.port),
+                                          cls.policy_port, queue=queue)
         return relay
 
     @classmethod
@@ -291,13 +287,8 @@ class PolicyDnsInterop(unittest.TestCase):
             return
         try:
             for relay in (cls.relay, cls.short_relay):
-                if relay is None:
-                    continue
-                status = relay.stop()
-                problems = relay.problems()
-                if status != 0 or problems:
-                    raise AssertionError("stsrelay exit status %d, problems logged:\n%s"
-                                         % (status, "\n".join(problems[:50])))
+                if relay is not None:
+                    relay.stop_and_check()
         finally:
             cls.cleanup()
 

@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration", "system"))
 
 import relay_harness  # noqa: E402
 from peers import (WAIT_TIMEOUT, Peers, TestCa, free_port, free_port_on_all, issue_expired,  # noqa: E402
-                   policy_site, require_programs, wait_until)
+                   policy_site, relay_overrides, require_programs, wait_until)
 from postfix import PostfixInstance, start_all  # noqa: E402
 from relay_harness import Relay, bare_address, queue_id_from_reply  # noqa: E402
 
@@ -324,14 +324,10 @@ class PostfixInterop(unittest.TestCase):
 
         relay_cert, relay_key = ca.issue("relay", ["relay.test"])
         cls.relay = Relay()
-        cls.relay.overrides = {
-            "listen": {"tls_cert": relay_cert, "tls_key": relay_key},
-            "queue": {"retry_min": "1s", "retry_max": "2s"},
-            "delivery": {"port": cls.mx_port, "ca_file": cls.ca_file, "connect_timeout": "10s",
-                         "command_timeout": "60s", "max_connections_per_domain": MAX_CONNECTIONS_PER_DOMAIN},
-            "dns": {"servers": ["%s:%d" % (DNS_ADDRESS, cls.dns_port)], "timeout": "5s"},
-            "sts": {"policy_port": cls.policy_port, "fetch_timeout": "10s"},
-        }
+        cls.relay.overrides = relay_overrides(
+            cls.mx_port, cls.ca_file, "%s:%d" % (DNS_ADDRESS, cls.dns_port), cls.policy_port,
+            delivery={"command_timeout": "60s", "max_connections_per_domain": MAX_CONNECTIONS_PER_DOMAIN})
+        cls.relay.overrides["listen"] = {"tls_cert": relay_cert, "tls_key": relay_key}
         cls.relay.start()
 
         # The internal mail servers in front of the relay.
@@ -382,11 +378,7 @@ class PostfixInterop(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            status = cls.relay.stop()
-            problems = cls.relay.problems()
-            if status != 0 or problems:
-                raise AssertionError("stsrelay exit status %d, problems logged:\n%s"
-                                     % (status, "\n".join(problems[:50])))
+            cls.relay.stop_and_check()
             for instance in cls.instances:
                 bad = [line for line in instance.log_lines()
                        if re.search(r"\b(panic|fatal):|improper command pipelining|bare <LF>", line)]

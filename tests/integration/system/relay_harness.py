@@ -259,6 +259,15 @@ class Relay:
         self.signal(signal.SIGTERM)
         return self.wait_exit()
 
+    def stop_and_check(self):
+        """SIGTERM and wait; fails unless the relay exits 0 (also when it had
+        already exited) without problems logged."""
+        status = self.stop()
+        problems = self.problems()
+        if status != 0 or problems:
+            raise AssertionError("stsrelay exit status %d, problems logged:\n%s"
+                                 % (status, "\n".join(problems[:50])))
+
     def __enter__(self):
         return self
 
