@@ -106,9 +106,16 @@ struct GroupCommitWriter::Impl {
     const auto new_messages = static_cast<std::uint64_t>(std::count_if(
         committed.begin(), committed.end(),
         [](const QueueWrite& write) { return std::holds_alternative<NewMessage>(write); }));
+    const auto attempts = committed.size() - new_messages;
     commits.fetch_add(1, std::memory_order_relaxed);
     messages_committed.fetch_add(new_messages, std::memory_order_relaxed);
-    attempts_committed.fetch_add(committed.size() - new_messages, std::memory_order_relaxed);
+    attempts_committed.fetch_add(attempts, std::memory_order_relaxed);
+    if (new_messages > 0) {
+      commits_with_messages.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (attempts > 0) {
+      commits_with_attempts.fetch_add(1, std::memory_order_relaxed);
+    }
   }
 
   Store store;
@@ -125,6 +132,8 @@ struct GroupCommitWriter::Impl {
   std::atomic<std::uint64_t> commits{0};
   std::atomic<std::uint64_t> messages_committed{0};
   std::atomic<std::uint64_t> attempts_committed{0};
+  std::atomic<std::uint64_t> commits_with_messages{0};
+  std::atomic<std::uint64_t> commits_with_attempts{0};
 };
 
 GroupCommitWriter::GroupCommitWriter(Store store, std::size_t max_batch)
@@ -173,7 +182,9 @@ void GroupCommitWriter::stop() {
 GroupCommitWriter::Stats GroupCommitWriter::stats() const {
   return Stats{impl_->commits.load(std::memory_order_relaxed),
                impl_->messages_committed.load(std::memory_order_relaxed),
-               impl_->attempts_committed.load(std::memory_order_relaxed)};
+               impl_->attempts_committed.load(std::memory_order_relaxed),
+               impl_->commits_with_messages.load(std::memory_order_relaxed),
+               impl_->commits_with_attempts.load(std::memory_order_relaxed)};
 }
 
 }  // namespace stsrelay::queue

@@ -26,6 +26,10 @@ class GroupCommitWriter {
     std::uint64_t commits = 0;
     std::uint64_t messages = 0;  // NewMessage writes committed
     std::uint64_t attempts = 0;  // AttemptRecord writes committed
+    // Commits that held at least one NewMessage (resp. AttemptRecord): the
+    // group-commit ratio is messages / message_commits, 1 without batching.
+    std::uint64_t message_commits = 0;
+    std::uint64_t attempt_commits = 0;
   };
 
   explicit GroupCommitWriter(Store store, std::size_t max_batch = 256);

@@ -104,12 +104,22 @@ constexpr std::array<const char*, static_cast<std::size_t>(Query::count)> query_
     "DELETE FROM messages WHERE id = ?1",
     // last_id
     "SELECT max(id) FROM messages",
-    // due_recipients
-    "SELECT r.message_id, r.address, r.status, r.attempts, r.next_attempt_us, m.arrival_us, "
-    "m.sender, m.eight_bit_mime, m.smtputf8, m.size FROM recipients AS r JOIN messages AS m ON "
-    "m.id = "
-    "r.message_id WHERE r.status IN ('queued', 'deferred') AND r.next_attempt_us <= ?1 AND m.held "
-    "= 0 ORDER BY r.next_attempt_us, r.message_id, r.position LIMIT ?2",
+    // due_recipients: one index range per status, each already in (next_attempt_us,
+    // message_id, position) order, merged. With `status IN (...)` instead,
+    // SQLite reads and sorts every due recipient before applying the LIMIT:
+    // each pass would cost time in proportion to the backlog.
+    "SELECT * FROM (SELECT r.message_id AS message_id, r.address, r.status, r.attempts, "
+    "r.next_attempt_us AS next_attempt_us, m.arrival_us, m.sender, m.eight_bit_mime, m.smtputf8, "
+    "m.size, r.position AS position FROM recipients AS r JOIN messages AS m ON m.id = "
+    "r.message_id WHERE r.status = 'queued' AND r.next_attempt_us <= ?1 AND m.held = 0 ORDER BY "
+    "r.next_attempt_us, r.message_id, r.position LIMIT ?2)"
+    " UNION ALL "
+    "SELECT * FROM (SELECT r.message_id, r.address, r.status, r.attempts, "
+    "r.next_attempt_us, m.arrival_us, m.sender, m.eight_bit_mime, m.smtputf8, "
+    "m.size, r.position FROM recipients AS r JOIN messages AS m ON m.id = "
+    "r.message_id WHERE r.status = 'deferred' AND r.next_attempt_us <= ?1 AND m.held = 0 ORDER BY "
+    "r.next_attempt_us, r.message_id, r.position LIMIT ?2)"
+    " ORDER BY next_attempt_us, message_id, position LIMIT ?2",
     // record_attempt
     "UPDATE recipients SET status = ?3, attempts = attempts + 1, last_error = ?4, "
     "next_attempt_us = ?5 WHERE message_id = ?1 AND address = ?2",

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -11,6 +12,7 @@
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
+#include <fmt/format.h>
 
 #include "queue/group_commit_writer.hpp"
 #include "queue/queue_id.hpp"
@@ -59,6 +61,12 @@ class LoggingObserver : public smtp::ServerObserver {
     log_event(spdlog::level::err, "internal_error", {{"client", client}, {"error", what}});
   }
 };
+
+std::string per_commit(std::uint64_t writes, std::uint64_t commits) {
+  return commits == 0
+             ? std::string("0")
+             : fmt::format("{:.2f}", static_cast<double>(writes) / static_cast<double>(commits));
+}
 
 void log_startup_failure(std::string_view what, std::string_view error) {
   log_event(spdlog::level::critical, "startup_failed", {{"stage", what}, {"error", error}});
@@ -305,8 +313,17 @@ int run_daemon(const Config& config, const std::filesystem::path& config_file) {
   log_tls_sessions(delivery.tls_sessions().take());
   writer.stop();
   const auto stats = writer.stats();
+  // How well group commit batched: 1.00 means one commit (one fsync) per write.
+  const std::string messages_per_commit = per_commit(stats.messages, stats.message_commits);
+  const std::string attempts_per_commit = per_commit(stats.attempts, stats.attempt_commits);
   log_event(spdlog::level::info, "stopped",
-            {{"messages_queued", stats.messages}, {"commits", stats.commits}});
+            {{"messages_queued", stats.messages},
+             {"commits", stats.commits},
+             {"message_commits", stats.message_commits},
+             {"messages_per_commit", std::string_view(messages_per_commit)},
+             {"attempts_recorded", stats.attempts},
+             {"attempt_commits", stats.attempt_commits},
+             {"attempts_per_commit", std::string_view(attempts_per_commit)}});
   return 0;
 }
 

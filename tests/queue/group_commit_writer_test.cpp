@@ -292,6 +292,40 @@ TEST(GroupCommitWriter, MixedWritesShareACommitInTheOrderSubmitted) {
   EXPECT_EQ(records->at(1).id, "FIRST");
 }
 
+// The daemon's `stopped` line divides messages by message_commits: a commit
+// counts for messages and for attempts when it holds both.
+TEST(GroupCommitWriter, StatsCountCommitsThatHeldMessagesAndThoseThatHeldAttempts) {
+  TempDirectory temp;
+  {
+    Store store = open_store(temp.path());
+    const NewMessage original = make_message("ORIG", {"a@example.org", "b@example.org"});
+    ASSERT_TRUE(store.insert({&original, 1}));
+  }
+  GroupCommitWriter writer(open_store(temp.path()));
+  auto wait_for = [&](auto submit) {
+    std::promise<bool> committed;
+    submit([&](Result<void> result) { committed.set_value(result.has_value()); });
+    return committed.get_future().get();
+  };
+  EXPECT_TRUE(wait_for([&](auto done) { writer.submit(make_message("M1"), done); }));
+  EXPECT_TRUE(wait_for(
+      [&](auto done) { writer.submit(QueueWrite(finished("ORIG", "a@example.org")), done); }));
+  EXPECT_TRUE(wait_for([&](auto done) {
+    std::vector<QueueWrite> writes;
+    writes.emplace_back(make_message("M2"));
+    writes.emplace_back(make_message("M3"));
+    writes.emplace_back(finished("ORIG", "b@example.org"));
+    writer.submit_together(std::move(writes), done);
+  }));
+  writer.stop();
+  const auto stats = writer.stats();
+  EXPECT_EQ(stats.commits, 3u);
+  EXPECT_EQ(stats.messages, 3u);
+  EXPECT_EQ(stats.message_commits, 2u);
+  EXPECT_EQ(stats.attempts, 2u);
+  EXPECT_EQ(stats.attempt_commits, 2u);
+}
+
 TEST(GroupCommitWriter, WritesSubmittedTogetherStandOrFallTogether) {
   TempDirectory temp;
   {

@@ -319,6 +319,62 @@ TEST(Store, DueRecipientsAreTheUnheldQueuedOrDeferredOnesWhoseTimeHasCome) {
   EXPECT_EQ(due->at(0).message_id, "C");
 }
 
+// Queued and deferred recipients are read as two runs, each in time order,
+// and merged: the limit applies to the merged order, ties go by message id
+// then RCPT order, and held messages are skipped wherever they fall.
+TEST(Store, DueRecipientsMergeQueuedAndDeferredInTimeOrderUnderTheLimit) {
+  TempDirectory temp;
+  Store store = open_store(temp.path());
+  std::vector<NewMessage> messages;
+  for (int i = 0; i < 8; ++i) {
+    NewMessage message = make_message("M" + std::to_string(i), {"x@example.org", "y@example.org"});
+    message.arrival = at_microseconds(1'000 + 100 * i);
+    messages.push_back(std::move(message));
+  }
+  ASSERT_TRUE(store.insert(messages));
+  // Odd messages' first recipients deferred to times that fall between the
+  // queued ones; M1's ties with M2's arrival.
+  for (int i = 1; i < 8; i += 2) {
+    ASSERT_EQ(
+        store.record_attempt("M" + std::to_string(i), "x@example.org", RecipientStatus::deferred,
+                             "451 busy", at_microseconds(1'000 + 100 * i + 50 * (i == 1 ? 2 : 1))),
+        Result<bool>(true));
+  }
+  ASSERT_EQ(store.set_held("M4", true), Result<bool>(true));
+  ASSERT_EQ(store.set_held("M5", true), Result<bool>(true));
+
+  std::vector<std::string> expected{
+      "M0 x", "M0 y", "M1 y",          // 1000, 1000, 1100
+      "M1 x", "M2 x", "M2 y",          // 1200 deferred, then M2's queued at 1200
+      "M3 y", "M3 x",                  // 1300, 1350 deferred
+      "M6 x", "M6 y", "M7 y", "M7 x",  // M4, M5 held
+  };
+  auto due = store.due_recipients(at_microseconds(10'000), 100);
+  ASSERT_TRUE(due);
+  std::vector<std::string> got;
+  for (const auto& recipient : *due) {
+    got.push_back(recipient.message_id + " " + recipient.address.substr(0, 1));
+  }
+  EXPECT_EQ(got, expected);
+
+  for (std::size_t limit : {1u, 3u, 4u, 7u}) {
+    due = store.due_recipients(at_microseconds(10'000), limit);
+    ASSERT_TRUE(due);
+    got.clear();
+    for (const auto& recipient : *due) {
+      got.push_back(recipient.message_id + " " + recipient.address.substr(0, 1));
+    }
+    EXPECT_EQ(got, std::vector<std::string>(expected.begin(), expected.begin() + limit))
+        << "limit " << limit;
+  }
+  // Only what is due by then.
+  due = store.due_recipients(at_microseconds(1'200), 100);
+  ASSERT_TRUE(due);
+  EXPECT_EQ(due->size(), 6u);
+  EXPECT_EQ(due->back().status, RecipientStatus::queued);
+  EXPECT_EQ(due->at(3).status, RecipientStatus::deferred);
+}
+
 TEST(Store, AMessageLeavesTheQueueWhenEveryRecipientIsSentOrBounced) {
   TempDirectory temp;
   Store store = open_store(temp.path());
