@@ -30,6 +30,7 @@ struct AttemptTrace {
   std::string ip;
   std::string tls_version;
   std::string tls_cipher;
+  bool tls_resumed = false;           // an abbreviated handshake on a cached TLS session
   std::string verification = "none";  // "valid", an RFC 8460 result type, or "none" (no TLS)
   std::string policy_mode = "none";
   std::string policy_id;
@@ -40,6 +41,7 @@ struct AttemptTrace {
     ip = std::move(address);
     tls_version.clear();
     tls_cipher.clear();
+    tls_resumed = false;
     verification = "none";
   }
 };
@@ -410,6 +412,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
       const auto& tls = connection->tls();
       trace.tls_version = tls.version;
       trace.tls_cipher = tls.cipher;
+      trace.tls_resumed = tls.resumed;
       trace.verification = tls.used ? std::string(tls::rfc8460_result_type(tls.certificate.verdict))
                                     : std::string("starttls-not-supported");
       if (mode == sts::Mode::testing && trace.verification != "valid") {
@@ -495,6 +498,7 @@ asio::awaitable<void> DeliveryEngine::attempt_group(Group& group) {
                {"ip", std::string_view(trace.ip)},
                {"tls_version", std::string_view(trace.tls_version)},
                {"tls_cipher", std::string_view(trace.tls_cipher)},
+               {"tls_resumed", trace.tls_resumed},
                {"policy_mode", std::string_view(trace.policy_mode)},
                {"policy_id", std::string_view(trace.policy_id)},
                {"verification", std::string_view(trace.verification)},

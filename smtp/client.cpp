@@ -15,6 +15,7 @@
 
 #include "smtp/dot_stuffing.hpp"
 #include "smtp/reply_parser.hpp"
+#include "tls/session_resumption.hpp"
 
 namespace stsrelay::smtp {
 
@@ -299,6 +300,10 @@ struct SmtpConnection::Impl {
                                  validated ? std::string(handshake_failure_type) : std::string()),
           !validated);
     }
+    // A session is only offered to a connection under the same requirement
+    // it was made under: one that opportunistic TLS accepted with a bad
+    // certificate never resumes for MTA-STS.
+    tls::offer_session(ssl, tls::SessionKey{host, port, validated});
     arm(options.command_timeout);
     auto [error] = co_await tls_stream->async_handshake(asio::ssl::stream_base::client, use_tuple);
     disarm();
@@ -317,7 +322,8 @@ struct SmtpConnection::Impl {
     tls.used = true;
     tls.version = tls::protocol_version(ssl);
     tls.cipher = tls::cipher_name(ssl);
-    tls.certificate = tls::verdict(ssl, host);
+    tls.resumed = tls::resumed(ssl);
+    tls.certificate = tls::established_verdict(ssl, host);
     if (validated) {
       if (SSL_version(ssl) < TLS1_2_VERSION) {
         std::string text = host + " negotiated " + tls.version + ", below TLS 1.2";
@@ -335,6 +341,8 @@ struct SmtpConnection::Impl {
                                    std::string(tls::rfc8460_result_type(tls.certificate.verdict))));
       }
     }
+    // Good enough for its requirement: later connections may resume it.
+    tls::keep_sessions(ssl, tls.certificate);
     // RFC 3207 §4.2: what was learnt before TLS is forgotten.
     capabilities = Capabilities{};
     auto again = co_await hello();

@@ -43,6 +43,10 @@ struct TlsOutcome {
   std::string version;  // "TLSv1.3"
   std::string cipher;
   tls::PeerCheck certificate;  // meaningful when used
+  // The handshake resumed a session of an earlier connection to this host
+  // (same port, same requirement): no certificate was sent, and
+  // `certificate` is the verdict recorded when that session was made.
+  bool resumed = false;
   // Why TLS was not used although the server offered it (opportunistic only:
   // a failed handshake, then delivery in plaintext on a new connection).
   std::string failure;

@@ -3,6 +3,7 @@
 #include <openssl/ssl.h>
 
 #include "tls/openssl_error.hpp"
+#include "tls/session_resumption.hpp"
 
 namespace stsrelay::tls {
 
@@ -16,6 +17,11 @@ tl::expected<std::shared_ptr<asio::ssl::context>, std::string> make_client_conte
   // Each connection replaces this with a callback that records problems
   // instead of aborting the handshake (peer_check.cpp): the caller decides.
   context->set_verify_mode(asio::ssl::verify_peer);
+  // Outbound SMTP resumes sessions per MX host (session_resumption.hpp); a
+  // connection that does not ask for it is untouched.
+  if (!attach_session_cache(context->native_handle())) {
+    return tl::unexpected(std::string("cannot set up the TLS session cache"));
+  }
 
   std::error_code error;
   if (ca_file.empty()) {

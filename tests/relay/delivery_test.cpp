@@ -1114,6 +1114,29 @@ TEST_F(DeliveryTest, IdleConnectionsAreClosedWithQuit) {
   ASSERT_TRUE(wait_for_quit(mx_host(0), 1));
 }
 
+TEST_F(DeliveryTest, ANewConnectionToARecentMxResumesItsTlsSessionWithItsVerdict) {
+  publish_policy("b.test", "enforce", {"mx1.b.test"});
+  dns_.add_mx("b.test", 10, "mx1.b.test");
+  start_mx({mx("mx1.b.test", "127.0.0.21")});
+  start_engine(keeping_idle_connections(20ms));
+
+  const std::string first = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(first));
+  ASSERT_TRUE(wait_for_quit(mx_host(0), 1));
+  const std::string second = enqueue({"rcpt@b.test"});
+  ASSERT_TRUE(wait_until_gone(second));
+
+  EXPECT_EQ(mx_host(0).connections(), 2u) << "the first connection was closed in between";
+  EXPECT_EQ(logged("sent", {"queue_id=" + first, "tls_resumed=false", "verification=valid"}).size(),
+            1u)
+      << log_.str();
+  EXPECT_EQ(logged("sent", {"queue_id=" + second, "tls_resumed=true", "policy_mode=enforce",
+                            "verification=valid"})
+                .size(),
+            1u)
+      << log_.str();
+}
+
 TEST_F(DeliveryTest, StoppingTheEngineClosesIdleConnectionsWithQuit) {
   dns_.add_mx("b.test", 10, "mx1.b.test");
   start_mx({mx("mx1.b.test", "127.0.0.21")});
