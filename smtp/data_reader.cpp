@@ -1,28 +1,52 @@
 #include "smtp/data_reader.hpp"
 
-#include <algorithm>
 #include <utility>
+
+#include "smtp/line_break_scanner.hpp"
 
 namespace stsrelay::smtp {
 
 DataReader::DataReader(std::uint64_t max_size) : max_size_(max_size) {}
 
+// The bulk of a message is line content: runs of it are stored at once, a
+// CRLF that ends one together with it, so the per-octet work is only the
+// memchr scan. Everything else goes through step(), one octet at a time.
 DataReader::Progress DataReader::feed(std::string_view bytes) {
   Progress progress;
-  while (progress.consumed < bytes.size() && state_ != State::finished) {
-    if (state_ == State::in_line) {
-      // The bulk of a message: copy the rest of the line in one go.
-      const std::string_view rest = bytes.substr(progress.consumed);
-      const std::size_t run = std::min(rest.find_first_of("\r\n"), rest.size());
-      if (run > 0) {
-        store(rest.substr(0, run));
-        progress.consumed += run;
-        continue;
-      }
-    }
-    step(bytes[progress.consumed]);
-    ++progress.consumed;
+  if (bytes.empty() || state_ == State::finished) {
+    progress.finished = state_ == State::finished;
+    return progress;
   }
+  const char* const begin = bytes.data();
+  const char* const end = begin + bytes.size();
+  const char* p = begin;
+  LineBreakScanner scanner(begin, end);
+  while (p != end && state_ != State::finished) {
+    const char c = *p;
+    const bool ordinary = c != '\r' && c != '\n';
+    // An ordinary octet at a line start is content just as inside a line
+    // (step() would store it and go to in_line), unless it is a leading "."
+    // after CRLF.
+    if (ordinary && (state_ == State::line_start_after_bare_break ||
+                     (state_ == State::line_start_after_crlf && c != '.'))) {
+      state_ = State::in_line;
+    }
+    if (state_ == State::in_line && ordinary) {
+      const char* const line_break = scanner.next(p);
+      if (end - line_break >= 2 && line_break[0] == '\r' && line_break[1] == '\n') {
+        store(std::string_view(p, static_cast<std::size_t>(line_break + 2 - p)));
+        state_ = State::line_start_after_crlf;
+        p = line_break + 2;
+      } else {
+        store(std::string_view(p, static_cast<std::size_t>(line_break - p)));
+        p = line_break;
+      }
+      continue;
+    }
+    step(c);
+    ++p;
+  }
+  progress.consumed = static_cast<std::size_t>(p - begin);
   progress.finished = state_ == State::finished;
   return progress;
 }
