@@ -373,6 +373,31 @@ def write_master_cf(conf, smtp_listen):
         f.writelines(lines)
 
 
+def configure_postfix(directory, myhostname, settings, smtp_listen):
+    """A private Postfix instance in `directory`: its config (main.cf with
+    the paths, a log file, relaying for loopback, and `settings`), queue and
+    data directories. Returns the config and queue directories."""
+    conf, spool, data = directory + "/conf", directory + "/spool", directory + "/data"
+    for path in (conf, spool, data):
+        os.makedirs(path)
+    shutil.chown(data, "postfix")
+    with open(conf + "/main.cf", "w") as f:
+        f.write(f"""compatibility_level = 3.6
+queue_directory = {spool}
+data_directory = {data}
+maillog_file = {directory}/maillog
+maillog_file_prefixes = {directory}
+myhostname = {myhostname}
+mydestination =
+inet_interfaces = {SUT_ADDRESS}
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+""" + settings)
+    write_master_cf(conf, smtp_listen)
+    return conf, spool
+
+
 def start_postfix(conf):
     # Postfix says why it fails only to a terminal.
     started = subprocess.run(["script", "-qec", "postfix -c %s check && postfix -c %s start" % (conf, conf),
@@ -396,32 +421,15 @@ class Postfix:
 
     def start(self, directory):
         self.directory = directory
-        conf, spool, data = directory + "/conf", directory + "/spool", directory + "/data"
-        for path in (conf, spool, data):
-            os.makedirs(path)
-        shutil.chown(data, "postfix")
-        with open(conf + "/main.cf", "w") as f:
-            f.write(f"""compatibility_level = 3.6
-queue_directory = {spool}
-data_directory = {data}
-maillog_file = {directory}/maillog
-maillog_file_prefixes = {directory}
-myhostname = postfix.client.test
-mydestination =
-local_transport = error:no local delivery
+        conf, spool = configure_postfix(directory, "postfix.client.test", f"""local_transport = error:no local delivery
 alias_maps =
 alias_database =
-inet_interfaces = {SUT_ADDRESS}
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
 smtp_tls_security_level = may
 smtp_tls_CAfile = {self.ca_file}
 smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{RESOLVER_PORT}:postfix
 smtp_tls_connection_reuse = yes
 smtp_tls_session_cache_database = btree:${{data_directory}}/smtp_scache
-""")
-        write_master_cf(conf, "smtp")
+""", "smtp")
         self.conf = conf
         # The resolver starts with an empty cache each run, like stsrelay.
         with open(directory + "/mta-sts-daemon.yml", "w") as f:
@@ -487,29 +495,12 @@ def compare_sinks(destination, work, count, sessions=50, size=4096):
     ours = (count / (counts[3] - start), 1000.0 * (destination.cpu()["sink"] - before_cpu) / count)
 
     directory = work + "/postfix-sink"
-    conf, spool, data = directory + "/conf", directory + "/spool", directory + "/data"
-    for path in (conf, spool, data):
-        os.makedirs(path)
-    shutil.chown(data, "postfix")
-    with open(conf + "/main.cf", "w") as f:
-        f.write(f"""compatibility_level = 3.6
-queue_directory = {spool}
-data_directory = {data}
-maillog_file = {directory}/maillog
-maillog_file_prefixes = {directory}
-myhostname = {MX_NAME}
-mydestination =
-inet_interfaces = {SUT_ADDRESS}
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-default_transport = discard:sink
+    conf, spool = configure_postfix(directory, MX_NAME, f"""default_transport = discard:sink
 relay_transport = discard:sink
 smtpd_tls_cert_file = {work}/mx.pem
 smtpd_tls_key_file = {work}/mx.key
 smtpd_tls_security_level = may
-""")
-    write_master_cf(conf, "%s:2526" % SUT_ADDRESS)
+""", "%s:2526" % SUT_ADDRESS)
     start_postfix(conf)
     with open(spool + "/pid/master.pid") as f:
         master = int(f.read().strip())
