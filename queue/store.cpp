@@ -391,8 +391,14 @@ Result<void> configure(Database& impl) {
   }
   statement.reset();
 
+  // secure_delete = FAST: Debian's SQLite is built with secure_delete on,
+  // which zeroes every overflow page of a delivered message's body and so
+  // writes the whole body to the WAL, and again to the database, a second
+  // time. FAST still zeroes deleted cells in the pages a delete writes anyway,
+  // at no extra I/O; freed overflow pages are reused by the next message. The
+  // queue directory is private to the relay's user.
   const std::string settings =
-      "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; "
+      "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = FAST; "
       "PRAGMA journal_size_limit = " +
       std::to_string(wal_size_limit) + ";";
   return impl.execute(settings.c_str(), "cannot configure the queue database");
