@@ -668,12 +668,22 @@ def median_and_spread(values, form):
     return form % middle
 
 
-def print_table(results, systems):
+def rows_in_order(results):
+    """The rows that have results, in the order they ran."""
     rows = []
     for result in results:
-        key = tuple(result["row"])
-        if key not in rows:
-            rows.append(key)
+        if tuple(result["row"]) not in rows:
+            rows.append(tuple(result["row"]))
+    return rows
+
+
+def values_of(results, system, row, metric):
+    """One metric of every run of one system in one row."""
+    return [r[metric] for r in results if r["system"] == system and tuple(r["row"]) == row and metric in r]
+
+
+def print_table(results, systems):
+    rows = rows_in_order(results)
     print()
     print("| row | metric | " + " | ".join(s + " median (min–max)" for s in systems) +
           (" | ratio stsrelay/postfix |" if len(systems) == 2 else " |"))
@@ -685,7 +695,7 @@ def print_table(results, systems):
         for metric, heading, form in METRICS:
             cells, medians = [], []
             for system in systems:
-                values = [r[metric] for r in results if r["system"] == system and tuple(r["row"]) == key]
+                values = values_of(results, system, key, metric)
                 if not values:
                     cells.append("")
                     medians.append(None)
@@ -699,8 +709,7 @@ def print_table(results, systems):
                                           (" %s |" % ratio) if len(systems) == 2 else ""))
         for metric, heading in (("messages_per_commit", "stsrelay accepted messages per queue commit"),
                                 ("attempts_per_commit", "stsrelay delivery outcomes per queue commit")):
-            values = [r[metric] for r in results
-                      if r["system"] == "stsrelay" and tuple(r["row"]) == key and metric in r]
+            values = values_of(results, "stsrelay", key, metric)
             if values:
                 print("| %s | %s | %s |%s" % (name, heading, median_and_spread(values, "%.1f"),
                                               " | |" if len(systems) == 2 else ""))
@@ -712,13 +721,10 @@ def print_summary(results, systems):
         return
 
     def median_of(system, key, metric):
-        values = [r[metric] for r in results if r["system"] == system and tuple(r["row"]) == key]
+        values = values_of(results, system, key, metric)
         return statistics.median(values) if values else None
 
-    rows = []
-    for result in results:
-        if tuple(result["row"]) not in rows:
-            rows.append(tuple(result["row"]))
+    rows = rows_in_order(results)
     print()
     print("| row | msgs/s stsrelay | msgs/s Postfix | ratio | CPU ms/msg stsrelay | CPU ms/msg Postfix | ratio "
           "| p99 ms stsrelay | p99 ms Postfix | handshakes/msg stsrelay (full+resumed) | Postfix |")
